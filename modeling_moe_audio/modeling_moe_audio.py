@@ -1,0 +1,536 @@
+"""The MoE-Adapter audio language model (Lei et al., "MoE Adapter for Large Audio Language Models").
+
+Audio -> Whisper encoder -> frame stacking (12.5 Hz) -> fusion (+ discrete semantic tokens) -> dense or MoE
+adapter -> embeddings that replace the audio placeholder tokens of a decoder-only LLM.
+
+This file travels with checkpoints (``trust_remote_code``): it imports only third-party packages and
+`configuration_moe_audio`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.integrations.moe import ExpertsInterface, use_experts_implementation
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expert kernels. The paper's experts read the audio width d and write the LLM width D (2560 -> 1280 -> 2048 in
+# Table 4), while transformers' own `grouped_mm` / `batched_mm` kernels assume an expert writes the width it
+# reads. These two follow the same algorithms for rectangular experts and plug into the same experts interface.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    grouped_mm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+    return grouped_mm(inputs.to(weights.dtype), weights, offs=offsets)
+
+
+def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
+    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice."""
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)
+    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)
+    pair_inputs = hidden_states[order // top_k]
+    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))
+    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)
+    # Summing in token order (not index_add_) keeps the result deterministic on every device.
+    inverse_order = torch.empty_like(order)
+    inverse_order[order] = torch.arange(order.numel(), device=order.device)
+    return pair_outputs[inverse_order].view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+
+
+def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
+    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry."""
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair = top_k_index.reshape(-1)
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0).to(experts.up_proj.dtype)
+    hidden = experts.act_fn(torch.bmm(experts.up_proj[expert_of_pair], pair_inputs.unsqueeze(-1)).squeeze(-1))
+    pair_outputs = torch.bmm(experts.down_proj[expert_of_pair], hidden.unsqueeze(-1)).squeeze(-1)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1, 1).to(pair_outputs.dtype)
+    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+
+
+class RectangularExpertsInterface(ExpertsInterface):
+    """The experts interface of transformers, with kernels for experts whose output width differs from their input."""
+
+    _global_mapping = {"grouped_mm": grouped_mm_experts_forward, "batched_mm": batched_mm_experts_forward}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frontend and adapters
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MoEAudioFrontend(nn.Module):
+    """Stacks Whisper frames (50 Hz -> 12.5 Hz) and fuses them: LN -> Linear -> SiLU -> LN (Table 4, part I).
+
+    With `semantic_vocab_size > 0` the embeddings of the discrete semantic tokens are added (the second stream).
+    """
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        eps = config.adapter_layer_norm_eps
+        self.input_norm = nn.LayerNorm(config.stacked_audio_size, eps=eps)
+        self.linear = nn.Linear(config.stacked_audio_size, config.audio_hidden_size)
+        self.act = ACT2FN["silu"]
+        self.output_norm = nn.LayerNorm(config.audio_hidden_size, eps=eps)
+        self.semantic_embeddings = (
+            nn.Embedding(config.semantic_vocab_size, config.audio_hidden_size) if config.semantic_vocab_size else None
+        )
+
+    def forward(self, stacked_features: torch.Tensor, semantic_audio_ids: torch.Tensor | None = None) -> torch.Tensor:
+        fused = self.output_norm(self.act(self.linear(self.input_norm(stacked_features))))
+        if self.semantic_embeddings is not None:
+            fused = fused + self.semantic_embeddings(semantic_audio_ids)
+        return fused
+
+
+class DenseAdapter(nn.Module):
+    """Eq. 1: y = LN(W_d2 SiLU(W_d1 LN(x))), from the audio width d to the LLM width D."""
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        eps = config.adapter_layer_norm_eps
+        self.input_norm = nn.LayerNorm(config.audio_hidden_size, eps=eps)
+        self.up_proj = nn.Linear(config.audio_hidden_size, config.dense_intermediate_size, bias=False)
+        self.act_fn = ACT2FN["silu"]
+        self.down_proj = nn.Linear(config.dense_intermediate_size, config.text_config.hidden_size, bias=False)
+        self.output_norm = nn.LayerNorm(config.text_config.hidden_size, eps=eps)
+
+    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        hidden = self.down_proj(self.act_fn(self.up_proj(self.input_norm(audio_features))))
+        return self.output_norm(hidden), None, None
+
+
+class MoEAudioRouter(nn.Module):
+    """Eq. 3: logits s = x W_g in float32, the top-k kept, softmax over the kept logits."""
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.jitter_noise = config.router_jitter_noise
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.audio_hidden_size))
+
+    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        router_inputs = audio_features.float()
+        if self.training and self.jitter_noise > 0:
+            router_inputs = router_inputs * torch.empty_like(router_inputs).uniform_(
+                1.0 - self.jitter_noise, 1.0 + self.jitter_noise
+            )
+        router_logits = nn.functional.linear(router_inputs, self.weight.float())
+        top_k_logits, selected_experts = torch.topk(router_logits, self.top_k, dim=-1)
+        routing_weights = torch.softmax(top_k_logits, dim=-1)
+        return router_logits, routing_weights, selected_experts
+
+
+@use_experts_implementation(experts_interface=RectangularExpertsInterface(), has_gate=False)
+class MoEAudioExperts(nn.Module):
+    """Eq. 2: N experts E_i(x) = W_e2 SiLU(W_e1 x), stored as 3D tensors; eq. 4: their routing-weighted sum."""
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        output_size = config.audio_hidden_size if config.adapter_output_projection else config.text_config.hidden_size
+        self.num_experts = config.num_experts
+        self.up_proj = nn.Parameter(
+            torch.empty(config.num_experts, config.expert_intermediate_size, config.audio_hidden_size)
+        )
+        self.down_proj = nn.Parameter(torch.empty(config.num_experts, output_size, config.expert_intermediate_size))
+        self.act_fn = ACT2FN["silu"]
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        """Eager kernel: one pass per expert that received tokens."""
+        output = hidden_states.new_zeros(hidden_states.shape[0], self.down_proj.shape[1])
+        for expert in top_k_index.unique().tolist():
+            token_index, slot = torch.where(top_k_index == expert)
+            hidden = self.act_fn(nn.functional.linear(hidden_states[token_index], self.up_proj[expert]))
+            expert_output = nn.functional.linear(hidden, self.down_proj[expert])
+            output.index_add_(0, token_index, expert_output * top_k_weights[token_index, slot, None].to(output.dtype))
+        return output
+
+
+class MoEAdapter(nn.Module):
+    """Eqs. 2-5: y = LN(W_P (sum_{i in top-k} G(x)_i E_i(LN(x)) + S(LN_s(x)))).
+
+    S is the shared aggregation MLP that every token uses (Table 4's "Aggregation Block"). With
+    `adapter_output_projection=False`, W_P is folded into the experts' and S's output matrices.
+    """
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        eps = config.adapter_layer_norm_eps
+        text_hidden_size = config.text_config.hidden_size
+        output_size = config.audio_hidden_size if config.adapter_output_projection else text_hidden_size
+        self.router = MoEAudioRouter(config)
+        self.input_norm = nn.LayerNorm(config.audio_hidden_size, eps=eps)
+        self.experts = MoEAudioExperts(config)
+        self.shared_expert = None
+        if config.shared_expert_intermediate_size:
+            self.shared_expert = nn.Sequential(
+                nn.LayerNorm(config.audio_hidden_size, eps=eps),
+                nn.Linear(config.audio_hidden_size, config.shared_expert_intermediate_size, bias=False),
+                ACT2FN["silu"],
+                nn.Linear(config.shared_expert_intermediate_size, output_size, bias=False),
+            )
+        self.output_projection = (
+            nn.Linear(config.audio_hidden_size, text_hidden_size, bias=False)
+            if config.adapter_output_projection
+            else None
+        )
+        self.output_norm = nn.LayerNorm(text_hidden_size, eps=eps)
+
+    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        router_logits, routing_weights, selected_experts = self.router(audio_features)
+        hidden = self.experts(self.input_norm(audio_features), selected_experts, routing_weights)
+        if self.shared_expert is not None:
+            hidden = hidden + self.shared_expert(audio_features)
+        if self.output_projection is not None:
+            hidden = self.output_projection(hidden)
+        return self.output_norm(hidden), router_logits, selected_experts
+
+
+def load_balancing_loss_func(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Eqs. 8-10 over the given tokens: L_aux = N * sum_e mean_b(G(x_b)_e) * mean_b(r_{b,e}).
+
+    As in eq. 8, p_{b,e} = G(x_b)_e is the softmax over the k kept logits (zero for experts not chosen), not the
+    softmax over all N logits that Switch/Mixtral use.
+    """
+    num_experts = router_logits.shape[-1]
+    top_k_logits, selected_experts = torch.topk(router_logits.float(), top_k, dim=-1)
+    routing_probs = torch.zeros_like(router_logits, dtype=torch.float32)
+    routing_probs = routing_probs.scatter(-1, selected_experts, torch.softmax(top_k_logits, dim=-1))
+    routed = torch.zeros_like(routing_probs).scatter(-1, selected_experts, 1.0)
+    expert_importance = routing_probs.mean(dim=0)
+    expert_load = routed.mean(dim=0)
+    return num_experts * torch.sum(expert_importance * expert_load)
+
+
+def router_z_loss_func(router_logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's z-loss: mean over tokens of logsumexp(router logits)^2; keeps the logits small."""
+    return torch.logsumexp(router_logits.float(), dim=-1).square().mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MoEAudioModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`):
+        The adapter's output, one row per real audio token, in the order they fill the placeholders.
+    aux_loss (`torch.FloatTensor`): load-balancing loss of eq. 10 over the real audio tokens (MoE adapter only).
+    router_z_loss (`torch.FloatTensor`): router z-loss over the real audio tokens (MoE adapter only).
+    router_logits (`torch.FloatTensor` of shape `(num_audio_tokens, num_experts)`): returned with
+        `output_router_logits`.
+    selected_experts (`torch.LongTensor` of shape `(num_audio_tokens, num_experts_per_tok)`): the experts each real
+        audio token was routed to, returned with `output_router_logits`.
+    """
+
+    audio_hidden_states: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+    router_z_loss: torch.FloatTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+    selected_experts: torch.LongTensor | None = None
+
+
+@dataclass
+class MoEAudioCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`): next-token loss + router_aux_loss_coef * aux_loss (+ router_z_loss_coef * z-loss).
+    Other fields as in [`MoEAudioModelOutputWithPast`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+    router_z_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+    selected_experts: torch.LongTensor | None = None
+
+
+class MoEAudioPreTrainedModel(PreTrainedModel):
+    config_class = MoEAudioConfig
+    config: MoEAudioConfig
+    base_model_prefix = "model"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MoEAudioFrontend", "DenseAdapter", "MoEAdapter"]
+    _skip_keys_device_placement = "past_key_values"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes the `auto_map` entry of the saved class only; a checkpoint carrying this code should
+        # also load as the base model and through the any-to-any pipeline.
+        if self.is_remote_code():
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.MoEAudioModel",
+                "AutoModelForCausalLM": f"{module}.MoEAudioForCausalLM",
+                "AutoModelForMultimodalLM": f"{module}.MoEAudioForCausalLM",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, MoEAudioExperts):
+            init.normal_(module.up_proj, mean=0.0, std=std)
+            init.normal_(module.down_proj, mean=0.0, std=std)
+        elif isinstance(module, MoEAudioRouter):
+            init.normal_(module.weight, mean=0.0, std=std)
+
+
+class MoEAudioModel(MoEAudioPreTrainedModel):
+    """Whisper encoder + frontend + adapter + language model, without a language-modelling head."""
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__(config)
+        self.audio_tower = WhisperEncoder(config.audio_config)
+        self.frontend = MoEAudioFrontend(config)
+        self.adapter = MoEAdapter(config) if config.adapter_type == "moe" else DenseAdapter(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_audio_features(
+        self,
+        input_features: torch.FloatTensor,
+        input_features_mask: torch.Tensor | None = None,
+        semantic_audio_ids: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Encode 30 s windows of log-mel features into audio embeddings, one row per real audio token.
+
+        Args:
+            input_features: `(num_windows, num_mel_bins, 3000)` log-mel windows (a clip longer than 30 s spans
+                several consecutive windows).
+            input_features_mask: `(num_windows, 3000)`, 1 on real mel frames; padded frames produce no token.
+            semantic_audio_ids: `(num_windows, audio_tokens_per_window)` discrete semantic tokens aligned with the
+                12.5 Hz audio tokens, needed when `semantic_vocab_size > 0`.
+
+        Returns:
+            `(audio_embeds, router_logits, selected_experts)`; the last two are `None` for the dense adapter.
+        """
+        stack = self.config.frame_stacking_factor
+        encoded = self.audio_tower(input_features).last_hidden_state
+        num_windows, num_frames, width = encoded.shape
+        stacked = encoded.reshape(num_windows, num_frames // stack, width * stack)
+
+        if input_features_mask is None:
+            token_mask = torch.ones(stacked.shape[:2], dtype=torch.bool, device=stacked.device)
+        else:
+            lengths = num_audio_tokens(input_features_mask.sum(-1).to(stacked.device), stack)
+            token_mask = torch.arange(stacked.shape[1], device=stacked.device)[None, :] < lengths[:, None]
+
+        semantic_ids = None
+        if self.config.semantic_vocab_size:
+            if semantic_audio_ids is None:
+                raise ValueError(
+                    "This model sums discrete semantic tokens with the audio features (semantic_vocab_size="
+                    f"{self.config.semantic_vocab_size}) but no `semantic_audio_ids` were given: pass the semantic "
+                    "tokenizer's ids for each window, shape (num_windows, audio_tokens_per_window)."
+                )
+            if tuple(semantic_audio_ids.shape) != tuple(token_mask.shape):
+                raise ValueError(
+                    f"semantic_audio_ids has shape {tuple(semantic_audio_ids.shape)} but the audio windows give "
+                    f"{tuple(token_mask.shape)} (windows, tokens per window); align one id with each 12.5 Hz token."
+                )
+            semantic_ids = semantic_audio_ids[token_mask]
+
+        # Only real audio tokens go through the frontend and the adapter, so padding never reaches the router.
+        audio_features = self.frontend(stacked[token_mask], semantic_ids)
+        return self.adapter(audio_features)
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, num_audio_embeds):
+        """Where the audio embeddings go; checks that there is exactly one placeholder per audio embedding."""
+        if self.config.audio_token_id is None:
+            raise ValueError(
+                "config.audio_token_id is not set, so the model cannot tell where audio goes: set it to the id of the "
+                "audio placeholder token of your tokenizer."
+            )
+        if input_ids is None:
+            audio_token_embed = self.get_input_embeddings()(
+                torch.tensor(self.config.audio_token_id, device=inputs_embeds.device)
+            )
+            placeholder_mask = (inputs_embeds == audio_token_embed).all(-1)
+        else:
+            placeholder_mask = input_ids == self.config.audio_token_id
+        num_placeholders = int(placeholder_mask.sum())
+        if num_placeholders != num_audio_embeds:
+            raise ValueError(
+                f"The text holds {num_placeholders} audio placeholder tokens but the audio gives {num_audio_embeds} "
+                "embeddings; build the inputs with the MoEAudioProcessor, which expands each audio placeholder to "
+                "the right count."
+            )
+        return placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        semantic_audio_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ) -> MoEAudioModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        audio_embeds = router_logits = selected_experts = aux_loss = router_z_loss = None
+        if input_features is not None:
+            audio_embeds, router_logits, selected_experts = self.get_audio_features(
+                input_features, input_features_mask, semantic_audio_ids
+            )
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_embeds.shape[0])
+            inputs_embeds = inputs_embeds.masked_scatter(
+                placeholder_mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            )
+            if router_logits is not None and router_logits.shape[0] > 0:
+                aux_loss = load_balancing_loss_func(router_logits, self.config.num_experts_per_tok)
+                router_z_loss = router_z_loss_func(router_logits)
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return MoEAudioModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=audio_embeds,
+            aux_loss=aux_loss,
+            router_z_loss=router_z_loss,
+            router_logits=router_logits if output_router_logits else None,
+            selected_experts=selected_experts if output_router_logits else None,
+        )
+
+
+class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
+    """[`MoEAudioModel`] with a language-modelling head; the loss adds the weighted router losses (eq. 6)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__(config)
+        self.model = MoEAudioModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_audio_features(self, input_features, input_features_mask=None, semantic_audio_ids=None):
+        return self.model.get_audio_features(input_features, input_features_mask, semantic_audio_ids)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        semantic_audio_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MoEAudioCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            semantic_audio_ids=semantic_audio_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_router_logits=output_router_logits,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, kept, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.text_config.vocab_size, **kwargs)
+            if outputs.aux_loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
+            if outputs.router_z_loss is not None and self.config.router_z_loss_coef:
+                loss = loss + self.config.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
+
+        return MoEAudioCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=outputs.aux_loss,
+            router_z_loss=outputs.router_z_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=outputs.audio_hidden_states,
+            router_logits=outputs.router_logits,
+            selected_experts=outputs.selected_experts,
+        )
+
+
+__all__ = [
+    "DenseAdapter",
+    "MoEAdapter",
+    "MoEAudioExperts",
+    "MoEAudioForCausalLM",
+    "MoEAudioFrontend",
+    "MoEAudioModel",
+    "MoEAudioPreTrainedModel",
+    "MoEAudioRouter",
+    "load_balancing_loss_func",
+]
