@@ -30,8 +30,14 @@ from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
 
 
 def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    grouped_mm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
-    return grouped_mm(inputs.to(weights.dtype), weights, offs=offsets)
+    inputs = inputs.to(weights.dtype)
+    if weights.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        grouped_mm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+        return grouped_mm(inputs, weights, offs=offsets)
+    # torch's grouped_mm has no float64 kernel: the same product, one matmul per group.
+    ends = offsets.tolist()
+    starts = [0] + ends[:-1]
+    return torch.cat([inputs[start:end] @ weights[group] for group, (start, end) in enumerate(zip(starts, ends))])
 
 
 def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
@@ -122,12 +128,13 @@ class MoEAudioRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.audio_hidden_size))
 
     def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_inputs = audio_features.float()
+        # Routing decisions are made in at least float32, also when the model runs in bf16.
+        router_inputs = audio_features.to(torch.promote_types(audio_features.dtype, torch.float32))
         if self.training and self.jitter_noise > 0:
             router_inputs = router_inputs * torch.empty_like(router_inputs).uniform_(
                 1.0 - self.jitter_noise, 1.0 + self.jitter_noise
             )
-        router_logits = nn.functional.linear(router_inputs, self.weight.float())
+        router_logits = nn.functional.linear(router_inputs, self.weight.to(router_inputs.dtype))
         top_k_logits, selected_experts = torch.topk(router_logits, self.top_k, dim=-1)
         routing_weights = torch.softmax(top_k_logits, dim=-1)
         return router_logits, routing_weights, selected_experts
@@ -205,9 +212,8 @@ def load_balancing_loss_func(router_logits: torch.Tensor, top_k: int) -> torch.T
     softmax over all N logits that Switch/Mixtral use.
     """
     num_experts = router_logits.shape[-1]
-    top_k_logits, selected_experts = torch.topk(router_logits.float(), top_k, dim=-1)
-    routing_probs = torch.zeros_like(router_logits, dtype=torch.float32)
-    routing_probs = routing_probs.scatter(-1, selected_experts, torch.softmax(top_k_logits, dim=-1))
+    top_k_logits, selected_experts = torch.topk(router_logits, top_k, dim=-1)
+    routing_probs = torch.zeros_like(router_logits).scatter(-1, selected_experts, torch.softmax(top_k_logits, dim=-1))
     routed = torch.zeros_like(routing_probs).scatter(-1, selected_experts, 1.0)
     expert_importance = routing_probs.mean(dim=0)
     expert_load = routed.mean(dim=0)
@@ -216,7 +222,7 @@ def load_balancing_loss_func(router_logits: torch.Tensor, top_k: int) -> torch.T
 
 def router_z_loss_func(router_logits: torch.Tensor) -> torch.Tensor:
     """ST-MoE's z-loss: mean over tokens of logsumexp(router logits)^2; keeps the logits small."""
-    return torch.logsumexp(router_logits.float(), dim=-1).square().mean()
+    return torch.logsumexp(router_logits, dim=-1).square().mean()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""The router, the experts and the load-balancing loss against direct float64 references of the paper's equations."""
+
+import pytest
+import torch
+
+from modeling_moe_audio import MoEAudioForCausalLM, num_audio_tokens
+from modeling_moe_audio.modeling_moe_audio import MoEAdapter, load_balancing_loss_func
+
+from conftest import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for
+
+
+def reference_adapter(adapter: MoEAdapter, x: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Eqs. 2-5 token by token, expert by expert, in float64."""
+    silu = torch.nn.functional.silu
+    layer_norm = lambda norm, v: torch.nn.functional.layer_norm(v, v.shape[-1:], norm.weight, norm.bias, norm.eps)
+    outputs = []
+    for token in x:
+        logits = adapter.router.weight @ token  # eq. 3: s = x W_g
+        kept = torch.topk(logits, top_k).indices
+        gates = torch.softmax(logits[kept], dim=0)
+        normed = layer_norm(adapter.input_norm, token)
+        h = sum(
+            gate * (adapter.experts.down_proj[e] @ silu(adapter.experts.up_proj[e] @ normed))  # eqs. 2 and 4
+            for gate, e in zip(gates, kept.tolist())
+        )
+        shared_norm, shared_up, _, shared_down = adapter.shared_expert
+        h = h + shared_down.weight @ silu(shared_up.weight @ layer_norm(shared_norm, token))
+        outputs.append(layer_norm(adapter.output_norm, h))  # eq. 5 (W_P folded into the output matrices)
+    return torch.stack(outputs)
+
+
+def reference_aux_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Eqs. 8-10 with explicit sums."""
+    num_tokens, num_experts = router_logits.shape
+    importance = torch.zeros(num_experts, dtype=torch.float64)
+    load = torch.zeros(num_experts, dtype=torch.float64)
+    for logits in router_logits.double():
+        kept = torch.topk(logits, top_k).indices
+        probs = torch.softmax(logits[kept], dim=0)
+        for p, e in zip(probs, kept.tolist()):
+            importance[e] += p / num_tokens  # eq. 8 with p_{b,e} = G(x_b)_e
+            load[e] += 1.0 / num_tokens  # eq. 9
+    return num_experts * (importance * load).sum()  # eq. 10
+
+
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm", "batched_mm"])
+def test_moe_adapter_matches_float64_reference(implementation):
+    model = tiny_model().double()
+    model.set_experts_implementation(implementation)
+    adapter = model.model.adapter
+    x = torch.randn(37, model.config.audio_hidden_size, dtype=torch.float64)
+    output, router_logits, selected = adapter(x)
+    with torch.no_grad():
+        expected = reference_adapter(adapter, x, model.config.num_experts_per_tok)
+        expected_logits = x @ adapter.router.weight.T
+    torch.testing.assert_close(router_logits, expected_logits)
+    torch.testing.assert_close(output, expected, rtol=1e-10, atol=1e-10)
+    assert selected.shape == (37, model.config.num_experts_per_tok)
+
+
+def test_router_logits_stay_float32_in_bf16():
+    model = tiny_model().to(torch.bfloat16)
+    features, mask = make_audio_batch(model.config, [900])
+    input_ids, attention_mask = make_input_ids(model.config, tokens_for([900], model.config), [6])
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        input_features=features.bfloat16(),
+        input_features_mask=mask,
+        output_router_logits=True,
+    )
+    assert out.router_logits.dtype == torch.float32
+    assert out.logits.dtype == torch.bfloat16
+    assert torch.isfinite(out.logits.float()).all()
+
+
+def test_aux_loss_matches_reference_and_ignores_padding():
+    """Clips of different lengths in one padded batch give the same router logits and aux loss as each clip alone."""
+    model = tiny_model()
+    config = model.config
+    mel_lengths = [3000, 437, 90]
+    features, mask = make_audio_batch(config, mel_lengths)
+    counts = tokens_for(mel_lengths, config)
+    input_ids, attention_mask = make_input_ids(config, counts, [5, 9, 3])
+    with torch.no_grad():
+        batched = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            input_features=features,
+            input_features_mask=mask,
+            output_router_logits=True,
+        )
+        alone = []
+        for i in range(len(mel_lengths)):
+            _, logits, _ = model.model.get_audio_features(features[i : i + 1], mask[i : i + 1])
+            alone.append(logits)
+    assert batched.router_logits.shape == (sum(counts), config.num_experts)
+    torch.testing.assert_close(batched.router_logits, torch.cat(alone))
+    expected = reference_aux_loss(torch.cat(alone), config.num_experts_per_tok)
+    torch.testing.assert_close(batched.aux_loss.double(), expected, rtol=1e-6, atol=1e-7)
+    # Padding really is excluded: counting the padded frames changes the loss.
+    _, all_frames_logits, _ = model.model.get_audio_features(features, None)
+    padded_loss = load_balancing_loss_func(all_frames_logits, config.num_experts_per_tok)
+    assert not torch.allclose(padded_loss, batched.aux_loss)
+
+
+def test_aux_loss_of_balanced_and_collapsed_routing():
+    num_experts, top_k = 4, 2
+    # Two tokens split the four experts: each expert has importance 0.5/2 and load 1/2 -> 4 * 4 * 0.125 = 2.
+    logits = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    expected = num_experts * sum(0.25 * 0.5 for _ in range(num_experts))
+    assert load_balancing_loss_func(logits, top_k).item() == pytest.approx(expected)
+    collapsed = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    assert load_balancing_loss_func(collapsed, top_k).item() > expected
+
+
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm", "batched_mm"])
+def test_token_uses_only_its_chosen_experts(implementation):
+    model = tiny_model()
+    model.set_experts_implementation(implementation)
+    adapter = model.model.adapter
+    x = torch.randn(1, model.config.audio_hidden_size)
+    output, _, selected = adapter(x)
+    (output * torch.randn_like(output)).sum().backward()  # a plain sum is constant after the final LayerNorm
+    chosen = set(selected[0].tolist())
+    for expert in range(model.config.num_experts):
+        up_grad = adapter.experts.up_proj.grad[expert]
+        down_grad = adapter.experts.down_proj.grad[expert]
+        if expert in chosen:
+            assert up_grad.abs().sum() > 0 and down_grad.abs().sum() > 0
+        else:
+            assert torch.count_nonzero(up_grad) == 0 and torch.count_nonzero(down_grad) == 0
+    # Changing an expert the token did not choose leaves its output unchanged.
+    unchosen = next(e for e in range(model.config.num_experts) if e not in chosen)
+    with torch.no_grad():
+        adapter.experts.up_proj[unchosen].add_(1.0)
+        adapter.experts.down_proj[unchosen].mul_(3.0)
+        torch.testing.assert_close(adapter(x)[0], output.detach())
+
+
+def test_expert_kernels_agree_on_outputs_and_gradients():
+    results = {}
+    x = torch.randn(203, tiny_config().audio_hidden_size)
+    for implementation in ["eager", "grouped_mm", "batched_mm"]:
+        model = tiny_model()
+        model.set_experts_implementation(implementation)
+        assert model.model.adapter.experts.config._experts_implementation == implementation
+        adapter = model.model.adapter
+        inputs = x.clone().requires_grad_(True)
+        output, _, _ = adapter(inputs)
+        (output * torch.randn(output.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads = {name: p.grad.clone() for name, p in adapter.named_parameters()}
+        results[implementation] = (output.detach(), inputs.grad.clone(), grads)
+    reference_output, reference_input_grad, reference_grads = results["eager"]
+    for implementation in ["grouped_mm", "batched_mm"]:
+        output, input_grad, grads = results[implementation]
+        torch.testing.assert_close(output, reference_output, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(input_grad, reference_input_grad, rtol=1e-5, atol=1e-6)
+        for name, grad in grads.items():
+            scale = reference_grads[name].abs().max().item()
+            torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6 * scale, msg=name)
+
+
+@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm"])
+def test_experts_backward_from_a_broadcast_gradient(implementation):
+    # `.sum().backward()` hands the kernel an expanded gradient, which torch's grouped_mm backward is fragile with.
+    model = tiny_model()
+    experts = model.model.adapter.experts
+    x = torch.randn(50, model.config.audio_hidden_size)
+    routing = torch.softmax(torch.randn(50, 8), -1).topk(model.config.num_experts_per_tok)
+    weights = routing.values / routing.values.sum(-1, keepdim=True)
+    model.set_experts_implementation("eager")
+    experts(x, routing.indices, weights).sum().backward()
+    expected = experts.up_proj.grad.clone()
+    experts.zero_grad()
+    model.set_experts_implementation(implementation)
+    experts(x, routing.indices, weights).sum().backward()
+    torch.testing.assert_close(experts.up_proj.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_mm_is_the_default_experts_implementation():
+    assert tiny_model().config._experts_implementation == "grouped_mm"
+
+
+def test_output_projection_variant_writes_back_to_the_audio_width():
+    model = tiny_model(adapter_output_projection=True)
+    adapter = model.model.adapter
+    assert adapter.experts.down_proj.shape[1] == model.config.audio_hidden_size
+    assert adapter.output_projection.weight.shape == (model.config.text_config.hidden_size, model.config.audio_hidden_size)
+    output, _, _ = adapter(torch.randn(5, model.config.audio_hidden_size))
+    assert output.shape == (5, model.config.text_config.hidden_size)
+
+
+def test_router_jitter_only_in_training():
+    model = tiny_model(router_jitter_noise=0.5)
+    router = model.model.adapter.router
+    x = torch.randn(16, model.config.audio_hidden_size)
+    torch.testing.assert_close(router(x)[0], router(x)[0])
+    router.train()
+    assert not torch.allclose(router(x)[0], router(x)[0])
+
+
+def test_z_loss_is_added_with_its_coefficient():
+    config_kwargs = dict(router_z_loss_coef=0.5, router_aux_loss_coef=0.25)
+    model = tiny_model(**config_kwargs)
+    features, mask = make_audio_batch(model.config, [700])
+    input_ids, attention_mask = make_input_ids(model.config, tokens_for([700], model.config), [8])
+    out = model(input_ids=input_ids, attention_mask=attention_mask, input_features=features,
+                input_features_mask=mask, labels=input_ids)
+    text_only = model.loss_function(out.logits, input_ids, model.config.text_config.vocab_size)
+    expected = text_only + 0.25 * out.aux_loss + 0.5 * out.router_z_loss
+    torch.testing.assert_close(out.loss, expected)
+    logits = out.router_z_loss  # z-loss definition: mean logsumexp^2 over real tokens
+    _, router_logits, _ = model.model.get_audio_features(features, mask)
+    torch.testing.assert_close(logits, torch.logsumexp(router_logits, -1).square().mean())
