@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.integrations.moe import ExpertsInterface, use_experts_implementation
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
@@ -231,6 +231,21 @@ def router_z_loss_func(router_logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class MoEAudioFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(num_windows, encoder_frames, d_model)`): the Whisper encoder's
+        output, padding included.
+    pooler_output (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`): the adapter's output, one row
+        per real audio token, in the order they fill the placeholders.
+    router_logits (`torch.FloatTensor` of shape `(num_audio_tokens, num_experts)`): MoE adapter only.
+    selected_experts (`torch.LongTensor` of shape `(num_audio_tokens, num_experts_per_tok)`): MoE adapter only.
+    """
+
+    router_logits: torch.FloatTensor | None = None
+    selected_experts: torch.LongTensor | None = None
+
+
+@dataclass
 class MoEAudioModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`):
@@ -327,7 +342,7 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
         input_features: torch.FloatTensor,
         input_features_mask: torch.Tensor | None = None,
         semantic_audio_ids: torch.LongTensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> "MoEAudioFeaturesOutput":
         """Encode 30 s windows of log-mel features into audio embeddings, one row per real audio token.
 
         Args:
@@ -338,7 +353,8 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
                 12.5 Hz audio tokens, needed when `semantic_vocab_size > 0`.
 
         Returns:
-            `(audio_embeds, router_logits, selected_experts)`; the last two are `None` for the dense adapter.
+            [`MoEAudioFeaturesOutput`]: `pooler_output` holds the audio embeddings, one row per real audio token;
+            `router_logits` and `selected_experts` are `None` for the dense adapter.
         """
         stack = self.config.frame_stacking_factor
         encoded = self.audio_tower(input_features).last_hidden_state
@@ -368,7 +384,13 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
 
         # Only real audio tokens go through the frontend and the adapter, so padding never reaches the router.
         audio_features = self.frontend(stacked[token_mask], semantic_ids)
-        return self.adapter(audio_features)
+        audio_embeds, router_logits, selected_experts = self.adapter(audio_features)
+        return MoEAudioFeaturesOutput(
+            last_hidden_state=encoded,
+            pooler_output=audio_embeds,
+            router_logits=router_logits,
+            selected_experts=selected_experts,
+        )
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, num_audio_embeds):
         """Where the audio embeddings go; checks that there is exactly one placeholder per audio embedding."""
@@ -416,9 +438,9 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
 
         audio_embeds = router_logits = selected_experts = aux_loss = router_z_loss = None
         if input_features is not None:
-            audio_embeds, router_logits, selected_experts = self.get_audio_features(
-                input_features, input_features_mask, semantic_audio_ids
-            )
+            audio_outputs = self.get_audio_features(input_features, input_features_mask, semantic_audio_ids)
+            audio_embeds = audio_outputs.pooler_output
+            router_logits, selected_experts = audio_outputs.router_logits, audio_outputs.selected_experts
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_embeds.shape[0])
             inputs_embeds = inputs_embeds.masked_scatter(
                 placeholder_mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype)

@@ -67,11 +67,16 @@ def test_router_logits_stay_float32_in_bf16():
         attention_mask=attention_mask,
         input_features=features.bfloat16(),
         input_features_mask=mask,
+        labels=input_ids,
         output_router_logits=True,
     )
     assert out.router_logits.dtype == torch.float32
     assert out.logits.dtype == torch.bfloat16
     assert torch.isfinite(out.logits.float()).all()
+    out.loss.backward()  # bf16 training through the grouped_mm kernel
+    expert_grad = model.model.adapter.experts.up_proj.grad
+    assert expert_grad.dtype == torch.bfloat16 and torch.isfinite(expert_grad.float()).all()
+    assert expert_grad.abs().sum() > 0
 
 
 def test_aux_loss_matches_reference_and_ignores_padding():
@@ -92,14 +97,14 @@ def test_aux_loss_matches_reference_and_ignores_padding():
         )
         alone = []
         for i in range(len(mel_lengths)):
-            _, logits, _ = model.model.get_audio_features(features[i : i + 1], mask[i : i + 1])
+            logits = model.model.get_audio_features(features[i : i + 1], mask[i : i + 1]).router_logits
             alone.append(logits)
     assert batched.router_logits.shape == (sum(counts), config.num_experts)
     torch.testing.assert_close(batched.router_logits, torch.cat(alone))
     expected = reference_aux_loss(torch.cat(alone), config.num_experts_per_tok)
     torch.testing.assert_close(batched.aux_loss.double(), expected, rtol=1e-6, atol=1e-7)
     # Padding really is excluded: counting the padded frames changes the loss.
-    _, all_frames_logits, _ = model.model.get_audio_features(features, None)
+    all_frames_logits = model.model.get_audio_features(features, None).router_logits
     padded_loss = load_balancing_loss_func(all_frames_logits, config.num_experts_per_tok)
     assert not torch.allclose(padded_loss, batched.aux_loss)
 
@@ -211,5 +216,5 @@ def test_z_loss_is_added_with_its_coefficient():
     expected = text_only + 0.25 * out.aux_loss + 0.5 * out.router_z_loss
     torch.testing.assert_close(out.loss, expected)
     logits = out.router_z_loss  # z-loss definition: mean logsumexp^2 over real tokens
-    _, router_logits, _ = model.model.get_audio_features(features, mask)
+    router_logits = model.model.get_audio_features(features, mask).router_logits
     torch.testing.assert_close(logits, torch.logsumexp(router_logits, -1).square().mean())
