@@ -3,9 +3,8 @@
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from .presets import available_presets, load_config
+from .presets import available_presets, load_config, shipped_tokenizer
 
 
 def _params(args: argparse.Namespace) -> None:
@@ -15,23 +14,15 @@ def _params(args: argparse.Namespace) -> None:
 
 
 def _init(args: argparse.Namespace) -> None:
-    import torch
+    from .build import init_checkpoint
 
-    from .modeling_moe_audio import MoEAudioForCausalLM
-
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise SystemExit(f"error: --output {output} is a file, not a directory; choose another path.")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        raise SystemExit(
-            f"error: {output} is not empty and nothing in it is overwritten unless you ask: "
-            "choose an empty directory or pass --overwrite."
-        )
+    tokenizer = args.tokenizer or shipped_tokenizer(args.config)
     config = load_config(args.config)
-    torch.manual_seed(args.seed)
-    model = MoEAudioForCausalLM(config)
-    model.save_pretrained(output)
-    print(f"wrote a freshly initialised {config.adapter_type} model to {output}")
+    init_checkpoint(config, args.output, tokenizer=tokenizer, overwrite=args.overwrite, seed=args.seed)
+    with_processor = f"and its processor (tokenizer {tokenizer}) " if tokenizer else ""
+    print(f"wrote a freshly initialised {config.adapter_type} model {with_processor}to {args.output}")
+    if not tokenizer:
+        print("no --tokenizer given and none ships with this config: the checkpoint has no processor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--config", required=True, help=f"a config JSON file or a preset name ({presets})")
     init.add_argument("--output", required=True, help="directory to write the checkpoint to")
     init.add_argument("--overwrite", action="store_true", help="write into a non-empty --output directory")
+    init.add_argument(
+        "--tokenizer", help="tokenizer directory for the processor (default: the one shipped with the preset, if any)"
+    )
     init.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     init.set_defaults(run=_init)
     return parser
@@ -56,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
         sys.exit(f"error: {error}")
 
 

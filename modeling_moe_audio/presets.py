@@ -6,24 +6,37 @@ from .configuration_moe_audio import MoEAudioConfig
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configuration"
+# Presets whose tokenizer ships with the repository (see processing/build_tiny_tokenizer.py).
+SHIPPED_TOKENIZERS = {"tiny": Path(__file__).resolve().parent.parent / "processing" / "tiny-tokenizer"}
 
 
 def available_presets() -> list[str]:
     return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
 
 
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """The JSON file behind a path or a preset name such as `tiny` or `paper-moe`."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{path.name.removesuffix('.json')}.json"
+    if not preset.is_file():
+        raise FileNotFoundError(
+            f"No configuration file {str(name_or_path)!r}; pass a JSON file or one of the presets: "
+            f"{', '.join(available_presets())}."
+        )
+    return preset
+
+
+def shipped_tokenizer(name_or_path: str | Path) -> Path | None:
+    """The tokenizer that ships with a preset (only `tiny` has one), or None."""
+    path = resolve_config_path(name_or_path).resolve()
+    return next((tok for name, tok in SHIPPED_TOKENIZERS.items() if PRESETS_DIR / f"{name}.json" == path), None)
+
+
 def load_config(name_or_path: str | Path, **overrides) -> MoEAudioConfig:
     """A `MoEAudioConfig` from a JSON file path or a preset name such as `tiny` or `paper-moe`."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        preset = PRESETS_DIR / f"{path.name.removesuffix('.json')}.json"
-        if not preset.is_file():
-            raise FileNotFoundError(
-                f"No configuration file {str(name_or_path)!r}; pass a JSON file or one of the presets: "
-                f"{', '.join(available_presets())}."
-            )
-        path = preset
-    config = MoEAudioConfig.from_json_file(path)
+    config = MoEAudioConfig.from_json_file(resolve_config_path(name_or_path))
     for key, value in overrides.items():
         setattr(config, key, value)
     if overrides:

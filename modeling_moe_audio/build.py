@@ -1,0 +1,65 @@
+"""Building checkpoints: a fresh model (and its processor) written as a `trust_remote_code` checkpoint."""
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+from .configuration_moe_audio import MoEAudioConfig
+from .modeling_moe_audio import MoEAudioForCausalLM
+from .processing_moe_audio import MoEAudioProcessor
+
+
+def new_processor(config: MoEAudioConfig, tokenizer) -> MoEAudioProcessor:
+    """A processor whose feature extractor matches the config's Whisper encoder; adds missing audio tokens."""
+    audio_config = config.audio_config
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=audio_config.num_mel_bins,
+        chunk_length=audio_config.max_source_positions * 2 * 160 // 16000,
+    )
+    return MoEAudioProcessor(feature_extractor, tokenizer, frame_stacking_factor=config.frame_stacking_factor)
+
+
+def bind_processor(config: MoEAudioConfig, processor: MoEAudioProcessor) -> None:
+    """Write the processor's token ids into the config, growing the vocabulary if the tokenizer grew."""
+    if len(processor.tokenizer) > config.text_config.vocab_size:
+        config.text_config.vocab_size = len(processor.tokenizer)
+    for name, token_id in processor.audio_special_token_ids.items():
+        setattr(config, name, token_id)
+    # Generation and the Trainer read these from the text config; the tokenizer is their source of truth.
+    tokenizer = processor.tokenizer
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config.text_config, name, getattr(tokenizer, name))
+    config.validate_architecture()
+
+
+def check_output_dir(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} is a file, not a directory; choose another output path.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output} is not empty and nothing in it is overwritten unless you ask: choose an empty directory "
+            "or pass overwrite=True (--overwrite)."
+        )
+
+
+def init_checkpoint(
+    config: MoEAudioConfig,
+    output: str | Path,
+    tokenizer: str | Path | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> MoEAudioForCausalLM:
+    """Write a freshly initialised model, and with a tokenizer its processor, to `output`."""
+    output = Path(output)
+    check_output_dir(output, overwrite)
+    processor = None
+    if tokenizer is not None:
+        processor = new_processor(config, AutoTokenizer.from_pretrained(tokenizer))
+        bind_processor(config, processor)
+    torch.manual_seed(seed)
+    model = MoEAudioForCausalLM(config)
+    model.save_pretrained(output)
+    if processor is not None:
+        processor.save_pretrained(output)
+    return model
