@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
 from remote_code import run_without_package
 
@@ -65,18 +67,40 @@ def test_params_of_an_unknown_config_is_a_clear_error():
 def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path):
     output = tmp_path / "tiny-moe"
     moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output", str(output))
-    assert (output / "model.safetensors").is_file() and (output / "modeling_moe_audio.py").is_file()
+    for name in ("model.safetensors", "modeling_moe_audio.py", "processing_moe_audio.py", "chat_template.jinja"):
+        assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert (config["audio_token_id"], config["text_config"]["eos_token_id"]) == (509, 508)
+    soundfile.write(tmp_path / "clip.wav", np.random.default_rng(0).standard_normal((44100 * 3, 2)) * 0.1, 44100)
     printed = run_without_package(
         f"""
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-        for auto in (AutoConfig, AutoModel, AutoModelForCausalLM):
-            print(type(auto.from_pretrained({str(output)!r}, trust_remote_code=True)).__name__)
+        import numpy as np
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+        for auto in (AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor):
+            loaded = auto.from_pretrained({str(output)!r}, trust_remote_code=True)
+            print(type(loaded).__name__)
+        processor, model = loaded, AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)
+        rng = np.random.default_rng(1)
+        short, long = rng.standard_normal(16000 * 4) * 0.1, rng.standard_normal(16000 * 37) * 0.1
+        conversations = [
+            [{{"role": "user", "content": [{{"type": "audio", "audio": short}}, {{"type": "text", "text": "and"}},
+                                          {{"type": "audio", "audio": long}}, {{"type": "text", "text": "Same?"}}]}}],
+            [{{"role": "user", "content": [{{"type": "audio", "path": {str(tmp_path / "clip.wav")!r}}},
+                                          {{"type": "text", "text": "High or low?"}}]}}],
+            [{{"role": "user", "content": "No audio in this one."}}],
+        ]
+        inputs = processor.apply_chat_template(conversations, tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)
+        generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        answers = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        print(inputs["input_features"].shape[0], len(answers), all(isinstance(a, str) for a in answers))
         """,
         cwd=tmp_path,
     )
-    assert printed.split() == ["MoEAudioConfig", "MoEAudioModel", "MoEAudioForCausalLM"]
+    lines = printed.strip().splitlines()
+    assert lines[:4] == ["MoEAudioConfig", "MoEAudioModel", "MoEAudioForCausalLM", "MoEAudioProcessor"]
+    assert lines[4] == "4 3 True"  # 4 s, 37 s (two windows) and the 3 s file: four windows; three answers
 
 
 def test_init_never_overwrites_without_being_asked(tmp_path):
@@ -88,6 +112,17 @@ def test_init_never_overwrites_without_being_asked(tmp_path):
     assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]
     moe_audio("init", "--config", "tiny", "--output", str(output), "--overwrite")
     assert (output / "model.safetensors").is_file() and (output / "notes.txt").read_text() == "keep me"
+
+
+def test_init_without_a_tokenizer_writes_the_model_only(tmp_path):
+    result = moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output",
+                       str(tmp_path / "a"), "--tokenizer", str(PRESETS.parent / "processing" / "tiny-tokenizer"))
+    assert "and its processor" in result.stdout
+    custom = tmp_path / "custom.json"
+    custom.write_text((PRESETS / "tiny.json").read_text())
+    result = moe_audio("init", "--config", str(custom), "--output", str(tmp_path / "b"))
+    assert "no processor" in result.stdout
+    assert not (tmp_path / "b" / "processor_config.json").exists() and (tmp_path / "b" / "config.json").is_file()
 
 
 @pytest.mark.parametrize("seed", [0, 1])
