@@ -496,6 +496,20 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
     def get_audio_features(self, input_features, input_features_mask=None, semantic_audio_ids=None):
         return self.model.get_audio_features(input_features, input_features_mask, semantic_audio_ids)
 
+    @staticmethod
+    def _router_loss_share(labels: torch.Tensor, num_items_in_batch) -> torch.Tensor | float:
+        """This batch's share of the router losses when the loss is normalised over several batches.
+
+        Given `num_items_in_batch`, the Trainer sums the losses of the gradient-accumulation micro-batches (and of
+        the DDP ranks) instead of averaging them; the next-token loss is divided by that count, so the router losses
+        are weighted by this batch's share of it. They then add up to one weighted mean, whatever the accumulation
+        steps or the number of processes.
+        """
+        if num_items_in_batch is None:
+            return 1.0
+        local_items = (labels[..., 1:] != -100).sum()
+        return local_items.to(torch.float32) / torch.as_tensor(num_items_in_batch, device=labels.device)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -532,10 +546,12 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.text_config.vocab_size, **kwargs)
+            router_loss = torch.zeros((), device=loss.device)
             if outputs.aux_loss is not None:
-                loss = loss + self.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
+                router_loss = router_loss + self.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
             if outputs.router_z_loss is not None and self.config.router_z_loss_coef:
-                loss = loss + self.config.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
+                router_loss = router_loss + self.config.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
+            loss = loss + self._router_loss_share(labels, kwargs.get("num_items_in_batch")) * router_loss
 
         return MoEAudioCausalLMOutputWithPast(
             loss=loss,
