@@ -25,10 +25,19 @@ def _init(args: argparse.Namespace) -> None:
         print("no --tokenizer given and none ships with this config: the checkpoint has no processor")
 
 
+# Commands with their own argument parser (HfArgumentParser over TrainingArguments): everything after the
+# command name goes to them.
+DELEGATED = {
+    "train": ("modeling_moe_audio.train", "fine-tune a checkpoint with the Trainer (all TrainingArguments flags)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-audio", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     presets = ", ".join(available_presets())
+    for name, (_, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=f"{help_text}; see `moe-audio {name} --help`", add_help=False)
 
     params = commands.add_parser("params", help="print the parameter counts of a configuration as JSON")
     params.add_argument("config", help=f"a config JSON file or a preset name ({presets})")
@@ -47,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -77,6 +77,9 @@ class MoEAudioConfig(PreTrainedConfig):
         router_aux_loss_coef (`float`): lambda of eq. 6 for the load-balancing loss of eq. 10.
         router_z_loss_coef (`float`): coefficient of the optional router z-loss (0: off).
         router_jitter_noise (`float`): multiplicative jitter on the router input during training (0: off).
+        router_selection_bias (`bool`): keep a per-expert bias that is added to the router logits for choosing the
+            experts only (not for their weights), nudged toward equal load during training: auxiliary-loss-free
+            balancing (DeepSeek-V3), beyond the paper.
         output_router_logits (`bool`): return the router logits and the chosen experts of each audio token.
         adapter_layer_norm_eps (`float`): epsilon of the frontend's and the adapter's LayerNorms.
         initializer_range (`float`): std of the normal initialisation of the frontend and the adapter.
@@ -107,6 +110,7 @@ class MoEAudioConfig(PreTrainedConfig):
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.0
     router_jitter_noise: float = 0.0
+    router_selection_bias: bool = False
     output_router_logits: bool = False
     adapter_layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02

@@ -119,13 +119,28 @@ class DenseAdapter(nn.Module):
 
 
 class MoEAudioRouter(nn.Module):
-    """Eq. 3: logits s = x W_g in float32, the top-k kept, softmax over the kept logits."""
+    """Eq. 3: logits s = x W_g in float32, the top-k kept, softmax over the kept logits.
+
+    With `router_selection_bias`, a per-expert bias shifts which experts are chosen but not their weights.
+    """
 
     def __init__(self, config: MoEAudioConfig):
         super().__init__()
         self.top_k = config.num_experts_per_tok
         self.jitter_noise = config.router_jitter_noise
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.audio_hidden_size))
+        if config.router_selection_bias:
+            self.register_buffer("selection_bias", torch.zeros(config.num_experts))
+        else:
+            self.selection_bias = None
+
+    @torch.no_grad()
+    def update_selection_bias(self, expert_load: torch.Tensor, rate: float) -> None:
+        """Raise the bias of experts under the mean load and lower it above, by `rate` (auxiliary-loss-free)."""
+        if self.selection_bias is None:
+            raise ValueError("This model has no selection bias: set router_selection_bias=True in its config.")
+        expert_load = expert_load.to(self.selection_bias.device, torch.float32)
+        self.selection_bias += rate * torch.sign(expert_load.mean() - expert_load)
 
     def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Routing decisions are made in at least float32, also when the model runs in bf16.
@@ -135,7 +150,11 @@ class MoEAudioRouter(nn.Module):
                 1.0 - self.jitter_noise, 1.0 + self.jitter_noise
             )
         router_logits = nn.functional.linear(router_inputs, self.weight.to(router_inputs.dtype))
-        top_k_logits, selected_experts = torch.topk(router_logits, self.top_k, dim=-1)
+        if self.selection_bias is None:
+            top_k_logits, selected_experts = torch.topk(router_logits, self.top_k, dim=-1)
+        else:
+            selected_experts = torch.topk(router_logits + self.selection_bias, self.top_k, dim=-1).indices
+            top_k_logits = router_logits.gather(-1, selected_experts)
         routing_weights = torch.softmax(top_k_logits, dim=-1)
         return router_logits, routing_weights, selected_experts
 

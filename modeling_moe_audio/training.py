@@ -1,0 +1,214 @@
+"""Training with the Hugging Face `Trainer`: the MoE aux-loss callback, training stages and LoRA."""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import TrainerCallback
+
+from .modeling_moe_audio import MoEAdapter, MoEAudioPreTrainedModel, load_balancing_loss_func
+
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("adapter", "full", "lora")
+
+
+def unwrap_moe_model(model: torch.nn.Module) -> MoEAudioPreTrainedModel:
+    """The MoEAudio model inside a PEFT, DDP or compiled wrapper."""
+    for module in model.modules():
+        if isinstance(module, MoEAudioPreTrainedModel) or getattr(getattr(module, "config", None), "model_type", None) == "moe_audio":
+            return module
+    raise TypeError(f"{type(model).__name__} holds no MoEAudio model.")
+
+
+@dataclass
+class AuxLossSchedule:
+    """lambda of eq. 6 over training: linear warm-up from 0, constant, then an optional linear decay.
+
+    Constant: `warmup_steps=0, decay_to=None`. With `decay_to`, lambda goes linearly from `coef` at the end of the
+    warm-up to `decay_to` at the last training step.
+    """
+
+    coef: float
+    warmup_steps: int = 0
+    decay_to: float | None = None
+
+    def __post_init__(self):
+        if self.coef < 0 or (self.decay_to is not None and self.decay_to < 0):
+            raise ValueError(f"aux-loss coefficients must be >= 0, got coef={self.coef}, decay_to={self.decay_to}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0.")
+
+    def __call__(self, step: int, max_steps: int) -> float:
+        if step < self.warmup_steps:
+            return self.coef * step / self.warmup_steps
+        if self.decay_to is None or max_steps <= self.warmup_steps:
+            return self.coef
+        progress = min(1.0, (step - self.warmup_steps) / max(1, max_steps - self.warmup_steps))
+        return self.coef + (self.decay_to - self.coef) * progress
+
+
+class MoEAuxLossCallback(TrainerCallback):
+    """Applies the aux-loss schedule, logs routing statistics and warns about collapsing experts.
+
+    Each step it writes lambda into the model's `router_aux_loss_coef` (the model adds lambda * aux loss to its
+    loss, weighted so gradient accumulation and DDP do not change it). A forward hook on the MoE adapter counts the
+    routing decisions of the training batches; at every logging step it adds to the logs, for every reporting
+    integration and `state.log_history`:
+
+    - `moe/aux_loss`: eq. 10 averaged over the forward passes since the last log;
+    - `moe/aux_loss_coef`: the current lambda;
+    - `moe/expert_share/e{i}`: the share of routed (token, expert) pairs that went to expert i;
+    - `moe/router_entropy`: mean entropy (nats) of the full softmax of the router logits;
+    - `moe/max_mean_load`: the most loaded expert's load over the mean load (1 = perfectly balanced).
+
+    An expert whose share stays below `collapse_threshold / num_experts` for `collapse_patience` logging steps in
+    a row gets a warning. Counts are summed over DDP ranks before logging.
+
+    The callback must run before the reporting callbacks to reach them: `install` puts it first.
+    """
+
+    def __init__(
+        self,
+        schedule: AuxLossSchedule | None = None,
+        collapse_threshold: float = 0.1,
+        collapse_patience: int = 3,
+        bias_update_rate: float = 0.0,
+    ):
+        self.schedule = schedule
+        self.collapse_threshold = collapse_threshold
+        self.collapse_patience = collapse_patience
+        self.bias_update_rate = bias_update_rate
+        self._hook = None
+        self._adapter = None
+        self._reset()
+        self._low_share_streak = None
+
+    @classmethod
+    def install(cls, trainer, **kwargs) -> "MoEAuxLossCallback":
+        """Create the callback and put it first in `trainer`'s callbacks, ahead of TensorBoard and the others."""
+        callback = cls(**kwargs)
+        trainer.callback_handler.callbacks.insert(0, callback)
+        return callback
+
+    def _reset(self):
+        self._pair_counts = None
+        self._step_counts = None
+        self._entropy_sum = 0.0
+        self._tokens = 0
+        self._aux_sum = 0.0
+        self._forwards = 0
+
+    def _record(self, module, inputs, outputs):
+        if not module.training:
+            return
+        _, router_logits, selected_experts = outputs
+        if router_logits.shape[0] == 0:
+            return
+        with torch.no_grad():
+            counts = torch.bincount(selected_experts.flatten(), minlength=router_logits.shape[-1]).double()
+            self._pair_counts = counts if self._pair_counts is None else self._pair_counts + counts
+            self._step_counts = counts if self._step_counts is None else self._step_counts + counts
+            probs = torch.softmax(router_logits.double(), dim=-1)
+            self._entropy_sum += float(-(probs * probs.clamp_min(1e-12).log()).sum())
+            self._tokens += router_logits.shape[0]
+            self._aux_sum += float(load_balancing_loss_func(router_logits, selected_experts.shape[-1]))
+            self._forwards += 1
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        moe_model = unwrap_moe_model(model)
+        adapter = next((m for m in moe_model.modules() if isinstance(m, MoEAdapter)), None)
+        self._adapter = adapter
+        if adapter is not None and self._hook is None:
+            self._hook = adapter.register_forward_hook(self._record)
+            self._low_share_streak = torch.zeros(moe_model.config.num_experts, dtype=torch.long)
+        if self.schedule is None:
+            self.schedule = AuxLossSchedule(coef=moe_model.config.router_aux_loss_coef)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        coef = self.schedule(state.global_step, state.max_steps)
+        unwrap_moe_model(model).config.router_aux_loss_coef = coef
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.bias_update_rate and self._adapter is not None and self._step_counts is not None:
+            load = _all_reduce_sum(self._step_counts)
+            self._adapter.router.update_selection_bias(load, self.bias_update_rate)
+        self._step_counts = None
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or self._adapter is None:
+            return
+        logs["moe/aux_loss_coef"] = unwrap_moe_model(model).config.router_aux_loss_coef
+        totals = torch.tensor([self._entropy_sum, self._tokens, self._aux_sum, self._forwards], dtype=torch.float64)
+        counts = self._pair_counts if self._pair_counts is not None else torch.zeros(len(self._low_share_streak))
+        counts, totals = _all_reduce_sum(counts.double()), _all_reduce_sum(totals)
+        entropy_sum, tokens, aux_sum, forwards = totals.tolist()
+        self._reset()
+        if tokens == 0:
+            return
+        shares = counts / counts.sum()
+        logs["moe/aux_loss"] = aux_sum / forwards
+        logs["moe/router_entropy"] = entropy_sum / tokens
+        logs["moe/max_mean_load"] = float(counts.max() / counts.mean())
+        for expert, share in enumerate(shares.tolist()):
+            logs[f"moe/expert_share/e{expert}"] = share
+        num_experts = len(shares)
+        low = shares < self.collapse_threshold / num_experts
+        self._low_share_streak = torch.where(low, self._low_share_streak + 1, torch.zeros_like(self._low_share_streak))
+        for expert in torch.nonzero(self._low_share_streak == self.collapse_patience).flatten().tolist():
+            logger.warning(
+                "Expert %d has received under %.1f%% of the routed tokens for %d logging steps in a row (share now "
+                "%.4f): it is collapsing. Raise router_aux_loss_coef, or try bias balancing (bias_update_rate).",
+                expert, 100 * self.collapse_threshold / num_experts, self.collapse_patience, shares[expert],
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def apply_stage(model: MoEAudioPreTrainedModel, stage: str, train_encoder: bool = False) -> None:
+    """Freeze what the stage keeps fixed: `adapter` (the paper's stage 1) trains only the frontend and the adapter;
+    `full` trains everything but the encoder; `lora` trains the frontend and adapter fully and the LLM through LoRA
+    (see `add_lora`). `train_encoder=True` also trains the Whisper encoder."""
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}: use one of {STAGES}.")
+    inner = model.model if hasattr(model, "model") else model
+    model.requires_grad_(stage == "full")
+    inner.frontend.requires_grad_(True)
+    inner.adapter.requires_grad_(True)
+    inner.audio_tower.requires_grad_(train_encoder)
+
+
+def add_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | None = None):
+    """Wrap the language model's linear layers in LoRA (PEFT); the frontend and the adapter stay fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        modules_to_save=["frontend", "adapter"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def steps_for(num_examples: int, batch_size: int, accumulation: int, epochs: float, world_size: int = 1) -> int:
+    return math.ceil(math.ceil(num_examples / (batch_size * world_size)) / accumulation * epochs)
