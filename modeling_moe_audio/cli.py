@@ -29,6 +29,7 @@ def _init(args: argparse.Namespace) -> None:
 # command name goes to them.
 DELEGATED = {
     "train": ("modeling_moe_audio.train", "fine-tune a checkpoint with the Trainer (all TrainingArguments flags)"),
+    "demo": ("modeling_moe_audio.demo", "train and compare the tiny MoE and dense models on the built-in corpus"),
 }
 
 

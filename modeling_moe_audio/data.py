@@ -204,6 +204,6 @@ class MoEAudioDataCollator:
             conversations.append(conversation)
         return dict(
             self.processor.apply_chat_template(
-                conversations, tokenize=True, return_labels=True, padding_side=self.padding_side
+                conversations, tokenize=True, return_labels=True, processor_kwargs={"padding_side": self.padding_side}
             )
         )

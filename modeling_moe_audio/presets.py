@@ -7,7 +7,8 @@ from .configuration_moe_audio import MoEAudioConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configuration"
 # Presets whose tokenizer ships with the repository (see processing/build_tiny_tokenizer.py).
-SHIPPED_TOKENIZERS = {"tiny": Path(__file__).resolve().parent.parent / "processing" / "tiny-tokenizer"}
+TINY_TOKENIZER = Path(__file__).resolve().parent.parent / "processing" / "tiny-tokenizer"
+SHIPPED_TOKENIZERS = {"tiny": TINY_TOKENIZER, "tiny-4s": TINY_TOKENIZER}
 
 
 def available_presets() -> list[str]:

@@ -140,20 +140,33 @@ class MoEAuxLossCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs is None or self._adapter is None:
             return
-        logs["moe/aux_loss_coef"] = unwrap_moe_model(model).config.router_aux_loss_coef
+        metrics = self._routing_metrics()
+        metrics["moe/aux_loss_coef"] = unwrap_moe_model(model).config.router_aux_loss_coef
+        # Reporting callbacks after this one read `logs`; the Trainer copied `logs` into `log_history` just before.
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+
+    def _routing_metrics(self) -> dict[str, float]:
         totals = torch.tensor([self._entropy_sum, self._tokens, self._aux_sum, self._forwards], dtype=torch.float64)
         counts = self._pair_counts if self._pair_counts is not None else torch.zeros(len(self._low_share_streak))
         counts, totals = _all_reduce_sum(counts.double()), _all_reduce_sum(totals)
         entropy_sum, tokens, aux_sum, forwards = totals.tolist()
         self._reset()
         if tokens == 0:
-            return
+            return {}
         shares = counts / counts.sum()
-        logs["moe/aux_loss"] = aux_sum / forwards
-        logs["moe/router_entropy"] = entropy_sum / tokens
-        logs["moe/max_mean_load"] = float(counts.max() / counts.mean())
+        metrics = {
+            "moe/aux_loss": aux_sum / forwards,
+            "moe/router_entropy": entropy_sum / tokens,
+            "moe/max_mean_load": float(counts.max() / counts.mean()),
+        }
         for expert, share in enumerate(shares.tolist()):
-            logs[f"moe/expert_share/e{expert}"] = share
+            metrics[f"moe/expert_share/e{expert}"] = share
+        self._warn_about_collapse(shares)
+        return metrics
+
+    def _warn_about_collapse(self, shares: torch.Tensor) -> None:
         num_experts = len(shares)
         low = shares < self.collapse_threshold / num_experts
         self._low_share_streak = torch.where(low, self._low_share_streak + 1, torch.zeros_like(self._low_share_streak))

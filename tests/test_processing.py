@@ -195,7 +195,7 @@ def test_chat_template_renders_the_conversation(processor):
 def test_labels_cover_only_the_assistant(processor):
     inputs = processor.apply_chat_template([CONVERSATION, CONVERSATION[:2] + [
         {"role": "assistant", "content": [{"type": "text", "text": "low, quite low"}]}]], tokenize=True,
-        return_labels=True, padding_side="right")
+        return_labels=True, processor_kwargs={"padding_side": "right"})
     for row, answer in enumerate(["high", "low, quite low"]):
         labelled = inputs["labels"][row][inputs["labels"][row] != -100]
         assert processor.decode(labelled) == answer + "<|im_end|>"
