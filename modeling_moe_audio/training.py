@@ -96,10 +96,7 @@ class MoEAuxLossCallback(TrainerCallback):
     def _reset(self):
         self._pair_counts = None
         self._step_counts = None
-        self._entropy_sum = 0.0
-        self._tokens = 0
-        self._aux_sum = 0.0
-        self._forwards = 0
+        self._totals = None  # entropy sum, tokens, aux-loss sum, forward passes; kept on the device (no syncs)
 
     def _record(self, module, inputs, outputs):
         if not module.training:
@@ -112,14 +109,18 @@ class MoEAuxLossCallback(TrainerCallback):
             self._pair_counts = counts if self._pair_counts is None else self._pair_counts + counts
             self._step_counts = counts if self._step_counts is None else self._step_counts + counts
             probs = torch.softmax(router_logits.double(), dim=-1)
-            self._entropy_sum += float(-(probs * probs.clamp_min(1e-12).log()).sum())
-            self._tokens += router_logits.shape[0]
-            self._aux_sum += float(load_balancing_loss_func(router_logits, selected_experts.shape[-1]))
-            self._forwards += 1
+            totals = torch.stack([
+                -(probs * probs.clamp_min(1e-12).log()).sum(),
+                probs.new_tensor(router_logits.shape[0]),
+                load_balancing_loss_func(router_logits.double(), selected_experts.shape[-1]),
+                probs.new_tensor(1.0),
+            ])
+            self._totals = totals if self._totals is None else self._totals + totals
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         moe_model = unwrap_moe_model(model)
-        adapter = next((m for m in moe_model.modules() if isinstance(m, MoEAdapter)), None)
+        # By name: a checkpoint loaded with trust_remote_code brings its own copy of the class.
+        adapter = next((m for m in moe_model.modules() if type(m).__name__ == MoEAdapter.__name__), None)
         self._adapter = adapter
         if adapter is not None and self._hook is None:
             self._hook = adapter.register_forward_hook(self._record)
@@ -148,9 +149,11 @@ class MoEAuxLossCallback(TrainerCallback):
             state.log_history[-1].update(metrics)
 
     def _routing_metrics(self) -> dict[str, float]:
-        totals = torch.tensor([self._entropy_sum, self._tokens, self._aux_sum, self._forwards], dtype=torch.float64)
-        counts = self._pair_counts if self._pair_counts is not None else torch.zeros(len(self._low_share_streak))
-        counts, totals = _all_reduce_sum(counts.double()), _all_reduce_sum(totals)
+        num_experts = len(self._low_share_streak)
+        device = self._adapter.router.weight.device
+        counts = self._pair_counts if self._pair_counts is not None else torch.zeros(num_experts, device=device)
+        totals = self._totals if self._totals is not None else torch.zeros(4, device=device)
+        counts, totals = _all_reduce_sum(counts.double()).cpu(), _all_reduce_sum(totals.double()).cpu()
         entropy_sum, tokens, aux_sum, forwards = totals.tolist()
         self._reset()
         if tokens == 0:

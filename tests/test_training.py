@@ -90,7 +90,7 @@ def test_aux_loss_schedule_shapes():
 
 def test_collapse_warning(caplog):
     callback = MoEAuxLossCallback(collapse_threshold=0.5, collapse_patience=2)
-    callback._adapter = object()
+    callback._adapter = type("Adapter", (), {"router": torch.nn.Linear(1, 4)})()
     callback._low_share_streak = torch.zeros(4, dtype=torch.long)
 
     class Model(torch.nn.Module):
@@ -98,7 +98,7 @@ def test_collapse_warning(caplog):
 
     for _ in range(2):
         callback._pair_counts = torch.tensor([50.0, 48.0, 1.0, 45.0])
-        callback._tokens, callback._forwards, callback._aux_sum, callback._entropy_sum = 36, 1, 4.2, 30.0
+        callback._totals = torch.tensor([30.0, 36, 4.2, 1])
         with caplog.at_level("WARNING"):
             callback.on_log(None, type("State", (), {"log_history": [], "global_step": 1})(), None, logs={},
                             model=Model())
@@ -246,3 +246,38 @@ def test_demo_quick_end_to_end(tmp_path):
         assert list((output / name / "runs").rglob("events.out.tfevents.*"))
     assert summary["models"]["moe"]["params_active"] < summary["models"]["moe"]["params_total"]
     assert summary["models"]["dense"]["params_active"] == summary["models"]["dense"]["params_total"]
+
+
+def test_selection_bias_moves_toward_equal_load():
+    from conftest import tiny_model
+
+    model = tiny_model(router_selection_bias=True)
+    router = model.model.adapter.router
+    assert torch.count_nonzero(router.selection_bias) == 0
+    router.update_selection_bias(torch.tensor([10.0, 0, 0, 0, 0, 0, 0, 30]), rate=0.5)
+    assert router.selection_bias.tolist() == [-0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, -0.5]
+    # The bias changes which experts are chosen, never their weights: those still come from the plain logits.
+    x = torch.randn(64, model.config.audio_hidden_size)
+    logits, weights, selected = router(x)
+    torch.testing.assert_close(weights, torch.softmax(logits.gather(-1, selected), -1))
+    with pytest.raises(ValueError, match="router_selection_bias=True"):
+        tiny_model().model.adapter.router.update_selection_bias(torch.ones(8), 0.1)
+
+
+def test_bias_balancing_through_the_trainer(corpus, checkpoint, tmp_path):
+    plain_checkpoint = checkpoint
+    checkpoint = tmp_path / "init"
+    init_checkpoint(load_config("tiny-4s", router_selection_bias=True), checkpoint,
+                    tokenizer=shipped_tokenizer("tiny-4s"))
+    script_args, training_args = parse(checkpoint, corpus, tmp_path / "run", "--max_steps", "4", "--stage", "adapter",
+                                       "--bias_update_rate", "0.01", "--aux_loss_coef", "0")
+    trainer = build_trainer(script_args, training_args)
+    trainer.train()
+    bias = trainer.model.model.adapter.router.selection_bias
+    assert torch.count_nonzero(bias) > 0 and bias.abs().max() <= 4 * 0.01 + 1e-6
+    trainer.model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    torch.testing.assert_close(reloaded.model.adapter.router.selection_bias, bias)
+    with pytest.raises(ValueError, match="needs a model with router_selection_bias=True"):
+        build_trainer(*parse(plain_checkpoint, corpus, tmp_path / "run2", "--max_steps", "1",
+                             "--bias_update_rate", "0.01"))
