@@ -173,8 +173,9 @@ def _max_short_term_rms_db(signal: np.ndarray) -> float:
 # Peterson & Barney's adult formants (Hz); the three vowels sit at the corners of the vowel triangle.
 VOWEL_FORMANTS = {"a": (730, 1090, 2440, 3400), "i": (270, 2290, 3010, 3700), "u": (300, 870, 2240, 3300)}
 FORMANT_BANDWIDTHS = (80, 100, 150, 250)
-# Nearly an octave between the ranges, so intonation and jitter never make high and low meet.
-PITCH_RANGES_HZ = {"low": (90.0, 115.0), "high": (210.0, 260.0)}
+# Nearly two octaves apart: Whisper's 25 ms window resolves the high voice's harmonics and not the low voice's,
+# so the two differ in the log-mel spectrum itself, not only in fine detail a tiny model is slow to learn.
+PITCH_RANGES_HZ = {"low": (85.0, 110.0), "high": (300.0, 380.0)}
 
 
 def _glottal_pulses(f0_contour: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ from .presets import load_config, shipped_tokenizer
 
 
 # Corpus sizes count examples (four questions per clip); budgets are the same for both models.
-FULL = {"sizes": {"train": 2400, "validation": 200, "test": 400}, "epochs": 15, "batch_size": 16, "lr": 3e-3}
-QUICK = {"sizes": {"train": 480, "validation": 40, "test": 120}, "epochs": 3, "batch_size": 16, "lr": 3e-3}
+FULL = {"sizes": {"train": 2400, "validation": 200, "test": 400}, "epochs": 12, "batch_size": 16, "lr": 1e-3}
+QUICK = {"sizes": {"train": 480, "validation": 40, "test": 120}, "epochs": 3, "batch_size": 16, "lr": 1e-3}
 ADAPTERS = ("moe", "dense")
 # The tiny preset with 4 s Whisper windows: the corpus's clips last 1-3 s, and a 30 s window would spend most of
 # the encoder's time on padding.

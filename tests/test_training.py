@@ -197,6 +197,21 @@ def test_lora_save_reload_merge_give_identical_logits(checkpoint, corpus, tmp_pa
         torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=0)
         merged = reloaded.merge_and_unload()
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+    # A LoRA directory also loads through the Auto class (base from adapter_config.json), without the package.
+    torch.save({"batch": batch, "expected": expected}, tmp_path / "expected.pt")
+    printed = run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+        saved = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=False)
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "lora")!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(**saved["batch"]).logits, saved["expected"], rtol=0, atol=0)
+        print("OK")
+        """,
+        cwd=tmp_path,
+    )
+    assert printed.strip().endswith("OK")
 
 
 def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
