@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, WhisperFeatureExtractor
+from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
 from .configuration_moe_audio import MoEAudioConfig
 from .modeling_moe_audio import MoEAudioForCausalLM
@@ -62,4 +62,51 @@ def init_checkpoint(
     model.save_pretrained(output)
     if processor is not None:
         processor.save_pretrained(output)
+    return model
+
+
+def init_from_pretrained(
+    llm: str | Path,
+    audio_encoder: str | Path,
+    output: str | Path,
+    config: MoEAudioConfig,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> MoEAudioForCausalLM:
+    """A checkpoint from a pretrained causal LM and a pretrained Whisper model; frontend and adapter start fresh.
+
+    `config` gives the adapter (e.g. the `paper-moe` preset); its text and audio configs are replaced by the
+    pretrained models' own. The LLM's tokenizer gets the audio tokens it lacks (the embeddings grow when they do
+    not fit), its weight tying is kept as it was, and the Whisper encoder's weights are really loaded (a
+    `WhisperEncoder.from_pretrained` of a Whisper checkpoint would silently load none).
+    """
+    output = Path(output)
+    check_output_dir(output, overwrite)
+    language_model = AutoModelForCausalLM.from_pretrained(llm)
+    whisper = WhisperModel.from_pretrained(audio_encoder)
+    processor = MoEAudioProcessor(
+        WhisperFeatureExtractor.from_pretrained(audio_encoder),
+        AutoTokenizer.from_pretrained(llm),
+        frame_stacking_factor=config.frame_stacking_factor,
+    )
+    config = MoEAudioConfig.from_dict({
+        **config.to_dict(),
+        **dict.fromkeys(processor.audio_special_token_ids),  # the preset's ids belong to another tokenizer
+        "text_config": language_model.config.to_dict(),
+        "audio_config": whisper.config.to_dict(),
+        "tie_word_embeddings": bool(language_model.config.tie_word_embeddings),
+    })
+    bind_processor(config, processor)
+    if config.text_config.vocab_size > language_model.get_input_embeddings().num_embeddings:
+        language_model.resize_token_embeddings(config.text_config.vocab_size)
+
+    torch.manual_seed(seed)
+    model = MoEAudioForCausalLM(config)
+    model.model.language_model.load_state_dict(language_model.get_decoder().state_dict())
+    if not config.tie_word_embeddings:
+        model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
+    model.model.audio_tower.load_state_dict(whisper.get_encoder().state_dict())
+    model.to(language_model.dtype)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
     return model

@@ -14,8 +14,12 @@ def _params(args: argparse.Namespace) -> None:
 
 
 def _init(args: argparse.Namespace) -> None:
+    if args.llm or args.audio_encoder:
+        return _init_from_pretrained(args)
     from .build import init_checkpoint
 
+    if not args.config:
+        raise ValueError("--config is required without --llm/--audio-encoder (e.g. --config tiny).")
     tokenizer = args.tokenizer or shipped_tokenizer(args.config)
     config = load_config(args.config)
     init_checkpoint(config, args.output, tokenizer=tokenizer, overwrite=args.overwrite, seed=args.seed)
@@ -33,6 +37,18 @@ DELEGATED = {
 }
 
 
+def _init_from_pretrained(args: argparse.Namespace) -> None:
+    from .build import init_from_pretrained
+
+    if not (args.llm and args.audio_encoder):
+        raise ValueError("--llm and --audio-encoder go together: pass both (or neither, for a random model).")
+    if args.tokenizer:
+        raise ValueError("--tokenizer does not apply with --llm: the LLM's own tokenizer is used.")
+    config = load_config(args.config or "paper-moe")
+    init_from_pretrained(args.llm, args.audio_encoder, args.output, config, overwrite=args.overwrite, seed=args.seed)
+    print(f"wrote {args.output}: {args.llm} + the encoder of {args.audio_encoder} + a fresh {config.adapter_type} adapter")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-audio", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     params.set_defaults(run=_params)
 
     init = commands.add_parser("init", help="write a freshly initialised model as a trust_remote_code checkpoint")
-    init.add_argument("--config", required=True, help=f"a config JSON file or a preset name ({presets})")
+    init.add_argument(
+        "--config", help=f"a config JSON file or a preset name ({presets}); with --llm it sets only the adapter "
+        "(default paper-moe)"
+    )
+    init.add_argument("--llm", help="a causal LM checkpoint (directory or Hub id), e.g. Qwen/Qwen3-1.7B")
+    init.add_argument("--audio-encoder", help="a Whisper checkpoint (directory or Hub id) whose encoder is used")
     init.add_argument("--output", required=True, help="directory to write the checkpoint to")
     init.add_argument("--overwrite", action="store_true", help="write into a non-empty --output directory")
     init.add_argument(
