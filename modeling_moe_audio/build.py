@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
 from .configuration_moe_audio import MoEAudioConfig
+from .model_card import write_model_card
 from .modeling_moe_audio import MoEAudioForCausalLM
 from .processing_moe_audio import MoEAudioProcessor
 
@@ -62,7 +63,13 @@ def init_checkpoint(
     model.save_pretrained(output)
     if processor is not None:
         processor.save_pretrained(output)
+    write_model_card(output)
     return model
+
+
+def _hub_ids(*sources: str | Path) -> list[str]:
+    """The sources that name Hub repositories (local folders are not valid `base_model` metadata)."""
+    return [str(source) for source in sources if not Path(source).exists()]
 
 
 def init_from_pretrained(
@@ -109,4 +116,5 @@ def init_from_pretrained(
     model.to(language_model.dtype)
     model.save_pretrained(output)
     processor.save_pretrained(output)
+    write_model_card(output, base_models=_hub_ids(llm, audio_encoder))
     return model

@@ -20,6 +20,7 @@ from .build import check_output_dir, init_checkpoint
 from .corpus import write_corpus
 from .data import load_manifest
 from .evaluation import generate_answers, normalize_answer, reference_answer
+from .model_card import write_model_card
 from .parameters import count_parameters
 from .presets import load_config, shipped_tokenizer
 
@@ -101,8 +102,12 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
     for adapter_type in ADAPTERS:
         train_seconds = train_one(adapter_type, output, manifests, budget, seed)
         params = count_parameters(load_config(PRESET, adapter_type=adapter_type))
+        accuracy = evaluate_one(output / adapter_type, manifests["test"])
+        trained = json.loads((output / adapter_type / "train_results.json").read_text())
+        write_model_card(output / adapter_type, training_summary=trained["summary"],
+                         eval_results={f"accuracy_{k}": v for k, v in accuracy.items()})
         results[adapter_type] = {
-            "accuracy": evaluate_one(output / adapter_type, manifests["test"]),
+            "accuracy": accuracy,
             "params_total": params["model_total_params"],
             "params_active": params["model_active_params"],
             "adapter_params_total": params["adapter_total_params"],

@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
 
 from .data import MoEAudioDataCollator, load_manifest
+from .model_card import write_model_card
 from .training import STAGES, AuxLossSchedule, MoEAuxLossCallback, add_lora, apply_stage, count_trainable, steps_for
 
 
@@ -118,8 +119,8 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
     return trainer
 
 
-def save_final(trainer: Trainer, output_dir: str | Path) -> Path:
-    """Save a checkpoint that loads with `AutoModelForCausalLM` (LoRA merged into the LLM) and its processor."""
+def save_final(trainer: Trainer, output_dir: str | Path, summary: str = "") -> Path:
+    """Save a checkpoint that loads with `AutoModelForCausalLM` (LoRA merged into the LLM), its processor and card."""
     output_dir = Path(output_dir)
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
@@ -127,16 +128,31 @@ def save_final(trainer: Trainer, output_dir: str | Path) -> Path:
     if trainer.is_world_process_zero():
         model.save_pretrained(output_dir)
         trainer.processing_class.save_pretrained(output_dir)
+        write_model_card(output_dir, training_summary=summary or None)
     return output_dir
+
+
+def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metrics: dict) -> str:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    final_loss = f", last logged training loss {losses[-1]:.4f}" if losses else ""
+    return (
+        f"Trained with `moe-audio train` from `{script_args.model}`: stage `{script_args.stage}`"
+        f"{' with the encoder' if script_args.train_encoder else ''}, {trainer.state.global_step} optimizer steps "
+        f"on {len(trainer.train_dataset)} examples of `{Path(script_args.train_data).name}`, learning rate "
+        f"{trainer.args.learning_rate} ({trainer.args.lr_scheduler_type}), AdamW betas ({trainer.args.adam_beta1}, "
+        f"{trainer.args.adam_beta2}){final_loss}."
+        + (f" Validation loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else "")
+    )
 
 
 def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> dict:
     trainer = build_trainer(script_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_final(trainer, training_args.output_dir)
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
+    metrics["summary"] = training_summary(script_args, trainer, metrics)
+    save_final(trainer, training_args.output_dir, metrics["summary"])
     if trainer.is_world_process_zero():
         (Path(training_args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2))
     return metrics
