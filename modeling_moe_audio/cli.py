@@ -34,6 +34,8 @@ def _init(args: argparse.Namespace) -> None:
 DELEGATED = {
     "train": ("modeling_moe_audio.train", "fine-tune a checkpoint with the Trainer (all TrainingArguments flags)"),
     "demo": ("modeling_moe_audio.demo", "train and compare the tiny MoE and dense models on the built-in corpus"),
+    "upcycle": ("modeling_moe_audio.upcycle", "turn a dense-adapter checkpoint into an MoE-adapter one"),
+    "analyze": ("modeling_moe_audio.analyze", "expert heatmap and gradient conflicts (paper section 5)"),
 }
 
 

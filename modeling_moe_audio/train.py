@@ -52,6 +52,10 @@ class MoEAudioTrainArguments:
     bias_update_rate: float = field(
         default=0.0, metadata={"help": "auxiliary-loss-free balancing step (needs router_selection_bias in the config)"}
     )
+    gradient_analysis_data: str | None = field(
+        default=None, metadata={"help": "manifest with categories: log their gradient cosines during training"}
+    )
+    gradient_analysis_every: int = field(default=50, metadata={"help": "steps between gradient analyses"})
     max_audio_seconds: float = field(default=600.0, metadata={"help": "rows with longer audio are bad rows"})
     skip_bad_rows: bool = field(default=False, metadata={"help": "leave bad manifest rows out instead of failing"})
 
@@ -113,6 +117,13 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
         collapse_patience=script_args.collapse_patience,
         bias_update_rate=script_args.bias_update_rate,
     )
+    if script_args.gradient_analysis_data:
+        from .analyze import GradientConflictCallback, load_rows
+
+        GradientConflictCallback.install(
+            trainer, processor=processor, rows=load_rows(script_args.gradient_analysis_data),
+            every_steps=script_args.gradient_analysis_every,
+        )
     trainable, total = count_trainable(model)
     if trainer.is_world_process_zero():
         print(f"stage {script_args.stage}: training {trainable:,} of {total:,} parameters")

@@ -1,0 +1,60 @@
+"""`moe-audio analyze` and the gradient-conflict callback during training."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling_moe_audio.build import init_checkpoint
+from modeling_moe_audio.corpus import write_corpus
+from modeling_moe_audio.presets import load_config, shipped_tokenizer
+from modeling_moe_audio.train import build_parser, build_trainer
+
+
+MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), seed=5, sizes={"train": 24, "validation": 12, "test": 12})
+
+
+@pytest.mark.parametrize("adapter_type", ["moe", "dense"])
+def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type):
+    checkpoint = tmp_path / "ckpt"
+    init_checkpoint(load_config("tiny-4s", adapter_type=adapter_type), checkpoint,
+                    tokenizer=shipped_tokenizer("tiny-4s"))
+    out = tmp_path / "analysis"
+    result = subprocess.run([MOE_AUDIO, "analyze", str(checkpoint), str(corpus["train"]), "--out", str(out),
+                             "--eval-data", str(corpus["validation"])], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert (out / "gradient_cosine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "gradient_influence.png").is_file()
+    assert (out / "expert_heatmap.png").is_file() == (adapter_type == "moe")
+    if adapter_type == "dense":
+        assert "no experts to map" in json.dumps(analysis)
+
+
+def test_gradient_cosines_are_logged_during_training(corpus, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    init_checkpoint(load_config("tiny-4s"), checkpoint, tokenizer=shipped_tokenizer("tiny-4s"))
+    script_args, training_args = build_parser().parse_args_into_dataclasses(args=[
+        "--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(tmp_path / "run"),
+        "--use_cpu", "--report_to", "tensorboard", "--disable_tqdm", "true", "--save_strategy", "no",
+        "--max_steps", "4", "--logging_steps", "2", "--per_device_train_batch_size", "4",
+        "--gradient_analysis_data", str(corpus["validation"]), "--gradient_analysis_every", "2",
+    ])
+    trainer = build_trainer(script_args, training_args)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "grad_cos/speech-music" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert all(-1.0 <= entry["grad_cos/music-sound"] <= 1.0 for entry in logged)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = next((tmp_path / "run" / "runs").rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    assert "train/grad_cos/speech-sound" in accumulator.Tags()["scalars"]
