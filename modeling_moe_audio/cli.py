@@ -36,6 +36,7 @@ DELEGATED = {
     "demo": ("modeling_moe_audio.demo", "train and compare the tiny MoE and dense models on the built-in corpus"),
     "upcycle": ("modeling_moe_audio.upcycle", "turn a dense-adapter checkpoint into an MoE-adapter one"),
     "analyze": ("modeling_moe_audio.analyze", "expert heatmap and gradient conflicts (paper section 5)"),
+    "ablate": ("modeling_moe_audio.ablate", "train the Table 2/3 ablations at tiny scale on the built-in corpus"),
 }
 
 

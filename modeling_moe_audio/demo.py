@@ -34,16 +34,16 @@ ADAPTERS = ("moe", "dense")
 PRESET = "tiny-4s"
 
 
-def train_one(adapter_type: str, output: Path, manifests: dict, budget: dict, seed: int) -> float:
-    init_dir = output / f"{adapter_type}-init"
-    config = load_config(PRESET, adapter_type=adapter_type)
-    init_checkpoint(config, init_dir, tokenizer=shipped_tokenizer(PRESET), seed=seed)
+def train_one(name: str, config, output: Path, manifests: dict, budget: dict, seed: int) -> float:
+    """Initialise `config` with `seed` in `output/<name>-init` and train it into `output/<name>`; returns seconds."""
+    init_dir = output / f"{name}-init"
+    init_checkpoint(config, init_dir, tokenizer=shipped_tokenizer(PRESET), seed=seed, overwrite=True)
     start = time.perf_counter()
     train_command.main([
         "--model", str(init_dir),
         "--train_data", str(manifests["train"]),
         "--eval_data", str(manifests["validation"]),
-        "--output_dir", str(output / adapter_type),
+        "--output_dir", str(output / name),
         "--stage", "full",
         "--train_encoder",
         "--num_train_epochs", str(budget["epochs"]),
@@ -100,8 +100,9 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
     manifests = write_corpus(output / "corpus", seed=seed, sizes=budget["sizes"], overwrite=overwrite)
     results = {}
     for adapter_type in ADAPTERS:
-        train_seconds = train_one(adapter_type, output, manifests, budget, seed)
-        params = count_parameters(load_config(PRESET, adapter_type=adapter_type))
+        config = load_config(PRESET, adapter_type=adapter_type)
+        train_seconds = train_one(adapter_type, config, output, manifests, budget, seed)
+        params = count_parameters(config)
         accuracy = evaluate_one(output / adapter_type, manifests["test"])
         trained = json.loads((output / adapter_type / "train_results.json").read_text())
         write_model_card(output / adapter_type, training_summary=trained["summary"],

@@ -1,0 +1,41 @@
+"""`moe-audio ablate` on a reduced budget: the table, the parameter counts, and resuming."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from modeling_moe_audio.ablate import ABLATIONS, ablation_config
+
+
+MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
+
+
+def test_ablation_configs_follow_tables_2_and_3():
+    base = ablation_config("8-choose-4")
+    assert (base.num_experts, base.num_experts_per_tok) == (8, 4)
+    assert ablation_config("16-choose-4").num_experts == 16
+    assert ablation_config("8-choose-1").num_experts_per_tok == 1
+    assert (ablation_config("4-choose-2").num_experts, ablation_config("4-choose-2").num_experts_per_tok) == (4, 2)
+    assert ablation_config("8-choose-4-width-half").expert_intermediate_size == base.expert_intermediate_size // 2
+    assert ablation_config("8-choose-4-width-double").expert_intermediate_size == base.expert_intermediate_size * 2
+    assert ablation_config("8-choose-4-no-balance-loss").router_aux_loss_coef == 0.0
+    assert len(ABLATIONS) == 7
+
+
+def test_reduced_ablation_writes_the_table_and_resumes(tmp_path):
+    command = [MOE_AUDIO, "ablate", "--quick", "--output", str(tmp_path), "--configs", "8-choose-4,8-choose-1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "ablation.md").read_text().splitlines()
+    assert table[0].startswith("| configuration | overall | speech | music | sound |")
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["8-choose-4", "8-choose-1"]
+    results = json.loads((tmp_path / "ablation.json").read_text())["results"]
+    assert results[0]["adapter_params_total"] == results[1]["adapter_params_total"]
+    assert results[1]["adapter_params_active"] < results[0]["adapter_params_active"]
+    assert all(r["balance"]["max_mean_load"] >= 1.0 for r in results)
+    trained = (tmp_path / "8-choose-1" / "model.safetensors").stat().st_mtime
+    # Resuming: finished configurations are read back, not trained again.
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and (tmp_path / "8-choose-1" / "model.safetensors").stat().st_mtime == trained
+    assert "stage full" not in second.stdout
