@@ -37,6 +37,8 @@ DELEGATED = {
     "upcycle": ("modeling_moe_audio.upcycle", "turn a dense-adapter checkpoint into an MoE-adapter one"),
     "analyze": ("modeling_moe_audio.analyze", "expert heatmap and gradient conflicts (paper section 5)"),
     "ablate": ("modeling_moe_audio.ablate", "train the Table 2/3 ablations at tiny scale on the built-in corpus"),
+    "push": ("modeling_moe_audio.push", "publish a checkpoint to the Hub in one commit, with code and card"),
+    "evaluate": ("modeling_moe_audio.qa_eval", "multiple-choice audio QA (MMAU, VoiceBench) with the modality gap"),
 }
 
 

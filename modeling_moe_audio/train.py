@@ -157,6 +157,8 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
 
 
 def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> dict:
+    # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(script_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(result.metrics)
@@ -166,6 +168,12 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
     save_final(trainer, training_args.output_dir, metrics["summary"])
     if trainer.is_world_process_zero():
         (Path(training_args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2))
+        if push_to_hub:
+            from .push import publish
+
+            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            metrics["hub_commit"] = str(publish(training_args.output_dir, repo_id, token=training_args.hub_token,
+                                                private=bool(training_args.hub_private_repo)))
     return metrics
 
 
