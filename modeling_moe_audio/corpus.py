@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -575,3 +576,25 @@ def write_corpus(output_dir, seed: int = 0, sizes: dict | None = None, overwrite
         manifests[split] = output_dir / f"{split}.jsonl"
         manifests[split].write_text("\n".join(rows) + "\n", encoding="utf-8")
     return manifests
+
+
+def export_mmau(manifest: str | Path, output: str | Path) -> Path:
+    """The questions of a written split (`write_corpus`'s `<split>.jsonl`) as an MMAU-format JSON list, so that
+    `moe-audio evaluate` can score models on the built-in corpus: the task's answer set becomes the choices."""
+    tasks = {task.name: task for task in (CATEGORY_TASK, *(t for ts in ATTRIBUTE_TASKS.values() for t in ts))}
+    manifest, output = Path(manifest), Path(output)
+    items = []
+    for index, line in enumerate(manifest.read_text().splitlines()):
+        row = json.loads(line)
+        items.append({
+            "id": f"{manifest.stem}-{index:05d}",
+            "audio_id": os.path.relpath(manifest.parent / row["audio"], output.parent),
+            "question": row["prompt"],
+            "choices": list(tasks[row["task"]].answers),
+            "answer": row["response"],
+            "task": row["category"],
+            "category": row["task"],
+        })
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(items, indent=1))
+    return output

@@ -358,3 +358,17 @@ def test_write_corpus_checks_arguments_before_touching_the_disk(tmp_path):
     with pytest.raises(ValueError, match="positive integer"):
         write_corpus(output, sizes={"test": -1})
     assert not output.exists()
+
+
+def test_export_mmau_feeds_the_evaluation_loader(tmp_path):
+    from modeling_moe_audio.corpus import export_mmau, write_corpus
+    from modeling_moe_audio.qa_eval import load_items
+
+    manifests = write_corpus(tmp_path / "corpus", seed=2, sizes={"train": 4, "validation": 4, "test": 8})
+    path = export_mmau(manifests["test"], tmp_path / "mmau" / "test.json")
+    items = load_items(path, format="mmau")
+    rows = [json.loads(line) for line in manifests["test"].read_text().splitlines()]
+    assert len(items) == len(rows) == 8
+    for item, row in zip(items, rows):
+        assert item.options[item.answer_index] == row["response"] and item.task == row["category"]
+        assert Path(item.audio).resolve() == (manifests["test"].parent / row["audio"]).resolve()
