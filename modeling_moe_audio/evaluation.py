@@ -7,33 +7,41 @@ import torch
 from .data import decode_audio_item
 
 
+def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int = 8) -> list[str]:
+    """Greedy answers to a batch of decoded chats, left-padded, on the model's device and in its dtype."""
+    inputs = processor.apply_chat_template(
+        conversations, tokenize=True, return_dict=True, add_generation_prompt=True,
+        processor_kwargs={"padding_side": "left"},
+    ).to(model.device, dtype=model.dtype)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def row_prompt(row: dict) -> list[dict]:
+    """A dataset row's conversation without its assistant turn, with the audio decoded."""
+    clips = iter([decode_audio_item(item) for item in row["audio"]])
+    return [
+        {
+            "role": message["role"],
+            "content": [
+                {"type": "audio", "audio": next(clips)} if block["type"] == "audio" else
+                {"type": "text", "text": block["text"]}
+                for block in message["content"]
+            ],
+        }
+        for message in row["conversation"]
+        if message["role"] != "assistant"
+    ]
+
+
 def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers to each row's conversation, without its assistant turn (left-padded batches)."""
+    """Greedy answers to each row's conversation, without its assistant turn."""
     model.eval()
     answers = []
     for start in range(0, len(rows), batch_size):
-        conversations = []
-        for row in rows[start : start + batch_size]:
-            clips = iter([decode_audio_item(item) for item in row["audio"]])
-            prompt = [m for m in row["conversation"] if m["role"] != "assistant"]
-            conversations.append([
-                {
-                    "role": m["role"],
-                    "content": [
-                        {"type": "audio", "audio": next(clips)} if b["type"] == "audio" else
-                        {"type": "text", "text": b["text"]}
-                        for b in m["content"]
-                    ],
-                }
-                for m in prompt
-            ])
-        inputs = processor.apply_chat_template(
-            conversations, tokenize=True, return_dict=True, add_generation_prompt=True,
-            processor_kwargs={"padding_side": "left"},
-        )
-        with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers.extend(processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        prompts = [row_prompt(row) for row in rows[start : start + batch_size]]
+        answers.extend(greedy_generate(model, processor, prompts, max_new_tokens))
     return answers
 
 

@@ -81,6 +81,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import BadRowError, decode_audio_item
+from .evaluation import greedy_generate
 
 
 LETTERS = string.ascii_uppercase
@@ -602,31 +603,6 @@ def _breakdown(rows: list[dict], key: str, metric) -> dict:
     for row in rows:
         groups[row[key]].append(row)
     return {name: _score(groups[name], metric) for name in sorted(groups)}
-
-
-def _move(inputs, model):
-    device, dtype = getattr(model, "device", None), getattr(model, "dtype", None)
-    moved = {}
-    for key, value in inputs.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device) if device is not None else value
-            if dtype is not None and value.is_floating_point():
-                value = value.to(dtype)
-        moved[key] = value
-    return moved
-
-
-def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-    """Greedy answers to a batch of chats (left-padded): `evaluation.generate_answers` for decoded chats, with the
-    inputs moved to the model's device and dtype."""
-    inputs = processor.apply_chat_template(
-        conversations, tokenize=True, return_dict=True, add_generation_prompt=True,
-        processor_kwargs={"padding_side": "left"},
-    )
-    inputs = _move(inputs, model)
-    with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def evaluate_model(
