@@ -45,7 +45,9 @@ def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weight
     num_tokens, top_k = top_k_index.shape
     expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)
     offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)
-    pair_inputs = hidden_states[order // top_k]
+    # Repeat, then permute: the gradient of a gather with repeated indices is summed in a thread-dependent order on
+    # CPU, which made runs with the same seed drift apart; a permutation has no repeats.
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]
     hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))
     pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)
     pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)

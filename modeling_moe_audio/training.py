@@ -204,6 +204,9 @@ def apply_stage(model: MoEAudioPreTrainedModel, stage: str, train_encoder: bool 
     inner.frontend.requires_grad_(True)
     inner.adapter.requires_grad_(True)
     inner.audio_tower.requires_grad_(train_encoder)
+    # Whisper's sinusoidal position table is fixed by design; WhisperEncoder freezes it when built, but a model
+    # loaded with from_pretrained comes back with the flag on.
+    inner.audio_tower.embed_positions.requires_grad_(False)
 
 
 def add_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | None = None):
