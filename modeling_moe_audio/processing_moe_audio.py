@@ -9,7 +9,6 @@ import os
 import numpy as np
 import torch
 from transformers.audio_utils import load_audio as _transformers_load_audio
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .configuration_moe_audio import num_audio_tokens

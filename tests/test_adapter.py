@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from modeling_moe_audio import MoEAudioForCausalLM, num_audio_tokens
 from modeling_moe_audio.modeling_moe_audio import MoEAdapter, load_balancing_loss_func
 
 from conftest import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for

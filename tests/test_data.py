@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import soundfile
-import torch
 from transformers import AutoTokenizer
 
 from modeling_moe_audio.build import new_processor

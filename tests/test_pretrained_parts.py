@@ -1,6 +1,5 @@
 """`moe-audio init --llm ... --audio-encoder ...`: a checkpoint from a pretrained causal LM and Whisper model."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

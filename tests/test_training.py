@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoProcessor, TrainingArguments
+from transformers import AutoModelForCausalLM
 
 from modeling_moe_audio.build import init_checkpoint
 from modeling_moe_audio.corpus import write_corpus
-from modeling_moe_audio.data import MoEAudioDataCollator, load_manifest
+from modeling_moe_audio.data import MoEAudioDataCollator
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.train import MoEAudioTrainArguments, build_parser, build_trainer
-from modeling_moe_audio.training import AuxLossSchedule, MoEAuxLossCallback, add_lora
+from modeling_moe_audio.train import build_parser, build_trainer
+from modeling_moe_audio.training import AuxLossSchedule, MoEAuxLossCallback
 
 from remote_code import run_without_package
 
@@ -236,7 +236,6 @@ def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
                                        "--save_strategy", "steps", "--save_steps", "3")
     first = build_trainer(script_args, training_args)
     first.train()
-    resumed_args = TrainingArguments(**{**training_args.to_dict(), "resume_from_checkpoint": None})
     checkpoint_3 = tmp_path / "interrupted" / "checkpoint-3"
     assert (checkpoint_3 / "modeling_moe_audio.py").is_file() and (checkpoint_3 / "processor_config.json").is_file()
     resumed = build_trainer(script_args, training_args)

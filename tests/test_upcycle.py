@@ -34,7 +34,7 @@ def inputs_for(config):
 
 
 def test_copy_mode_reproduces_the_dense_model_exactly(dense, tmp_path):
-    moe = upcycle(dense, tmp_path / "moe", num_experts=4, top_k=2)
+    upcycle(dense, tmp_path / "moe", num_experts=4, top_k=2)
     source = AutoModelForCausalLM.from_pretrained(dense, trust_remote_code=True).eval()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", trust_remote_code=True).eval()
     assert reloaded.config.adapter_type == "moe" and reloaded.config.expert_intermediate_size == 384
