@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
 
 from .data import MoEAudioDataCollator, load_manifest
@@ -174,6 +175,7 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
             metrics["hub_commit"] = str(publish(training_args.output_dir, repo_id, token=training_args.hub_token,
                                                 private=bool(training_args.hub_private_repo)))
+    trainer.accelerator.wait_for_everyone()  # no rank leaves while rank 0 still writes or pushes
     return metrics
 
 
@@ -181,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
     train(script_args, training_args)
+    # A torchrun worker that exits with its process group still open can abort in the communication threads'
+    # destructors ("terminate called without an active exception") and fail the whole launch.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def test_gradient_accumulation_keeps_the_aux_loss_weight(checkpoint, twins, tmp_
 
 def test_ddp_two_processes_match_one_process(checkpoint, twins, tmp_path):
     single = one_sgd_step(checkpoint, twins, tmp_path / "single", batch_size=2, accumulation=1, aux_coef=5.0)
-    launcher = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", "--no_python",
+    launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no_python",
                 str(BIN / "moe-audio"), "train"]
     ddp = one_sgd_step(checkpoint, twins, tmp_path / "ddp", batch_size=1, accumulation=1, aux_coef=5.0,
                        ddp_launcher=launcher)
