@@ -88,6 +88,9 @@ LETTERS = string.ascii_uppercase
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 SPOKEN_QUESTION_INSTRUCTION = "Answer the question in the audio."
 TEXT_QUESTION_INSTRUCTION = "Answer the question."
+# "lettered": the benchmarks' own prompt. "question": the question alone, for models fine-tuned to answer a bare
+# question with the option's words (the extractor maps those words to the option).
+PROMPT_STYLES = ("lettered", "question")
 
 
 # ----------------------------------------------------------------------------------------------------------- items
@@ -517,13 +520,16 @@ def extract_choice(response: str, options: list[str]) -> int | None:
 # ------------------------------------------------------------------------------------------------------- prompting
 
 
-def build_prompt(item: QAItem, text_only: bool = False) -> str:
+def build_prompt(item: QAItem, text_only: bool = False, style: str = "lettered") -> str:
     """The text of the question's user turn (for audio, it follows the clip).
 
     Audio: the question (unless it is spoken in the audio), the lettered options (unless they are spoken too) and
     the instruction to answer with the letter. Text-only: the same, preceded by the text form of the audio, so the
-    two prompts differ only in how the audio's content is given.
+    two prompts differ only in how the audio's content is given. `style="question"` keeps only the question (and,
+    text-only, the text form of the audio): no options, no instruction.
     """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"Unknown prompt style {style!r}: use one of {', '.join(PROMPT_STYLES)}.")
     lines = []
     if text_only:
         if not item.audio_text:
@@ -533,18 +539,21 @@ def build_prompt(item: QAItem, text_only: bool = False) -> str:
         lines.append(TEXT_QUESTION_INSTRUCTION if text_only else SPOKEN_QUESTION_INSTRUCTION)
     else:
         lines.append(item.question)
+    if style == "question":
+        return "\n".join(lines)
     if not item.options_in_audio:
         lines.extend(f"{LETTERS[i]}. {option}" for i, option in enumerate(item.options))
     lines.append(ANSWER_INSTRUCTION)
     return "\n".join(lines)
 
 
-def build_conversation(item: QAItem, text_only: bool = False, audio=None) -> list[dict]:
+def build_conversation(item: QAItem, text_only: bool = False, audio=None, style: str = "lettered") -> list[dict]:
     """The chat for one item: `[{"role": "user", "content": [audio block, text block]}]`, or text only.
 
-    `audio`: the decoded clip (16 kHz mono float32); decoded from `item.audio` when not given.
+    `audio`: the decoded clip (16 kHz mono float32); decoded from `item.audio` when not given. `style`: see
+    `build_prompt`.
     """
-    text = {"type": "text", "text": build_prompt(item, text_only)}
+    text = {"type": "text", "text": build_prompt(item, text_only, style)}
     if text_only:
         return [{"role": "user", "content": [text]}]
     clip = decode_audio_item(item.audio) if audio is None else audio
@@ -615,6 +624,7 @@ def evaluate_model(
     generate_fn: Callable[[list[list[dict]], int], list[str]] | None = None,
     metric: evaluate.EvaluationModule | None = None,
     progress: bool = True,
+    prompt_style: str = "lettered",
 ) -> dict:
     """Ask every item (greedy, batched), extract the chosen options and score them.
 
@@ -622,8 +632,9 @@ def evaluate_model(
     given to the model. `generate_fn(conversations, max_new_tokens) -> answers` replaces the model's greedy
     generation (default: `greedy_generate(model, processor, ...)`). `metric`: any `evaluate` module whose
     `compute(predictions=, references=)` returns {"accuracy": ...} over option indices (default `ChoiceAccuracy`).
+    `prompt_style`: "lettered" (default) or "question" (see `build_prompt`).
 
-    Returns {"mode": "audio" | "text", "accuracy", "num_items", "correct", "answered" (answers mapped to an option),
+    Returns {"mode": "audio" | "text", "prompt_style", "accuracy", "num_items", "correct", "answered" (answers mapped to an option),
     "per_task", "per_category", "per_benchmark" (each {name: {"accuracy", "num_items", "correct", "answered"}}),
     "predictions": one dict per item (id, task, category, benchmark, prompt, response, predicted_index,
     predicted_letter, answer_index, answer_letter, correct)}. Accuracies are fractions in [0, 1].
@@ -632,6 +643,8 @@ def evaluate_model(
         raise ValueError("No items to evaluate.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive (got {batch_size}).")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"Unknown prompt style {prompt_style!r}: use one of {', '.join(PROMPT_STYLES)}.")
     if text_only:
         missing = [item.id for item in items if not item.audio_text]
         if missing:
@@ -652,7 +665,7 @@ def evaluate_model(
     with tqdm(total=len(items), desc=f"{benchmarks} ({mode})", unit="item", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
-            conversations = [build_conversation(item, text_only) for item in batch]
+            conversations = [build_conversation(item, text_only, style=prompt_style) for item in batch]
             answers = generate_fn(conversations, max_new_tokens)
             if len(answers) != len(batch):
                 raise RuntimeError(f"The generator returned {len(answers)} answers for {len(batch)} questions.")
@@ -660,7 +673,7 @@ def evaluate_model(
                 index = extract_choice(answer, item.options)
                 rows.append({
                     "id": item.id, "task": item.task, "category": item.category, "benchmark": item.benchmark,
-                    "prompt": build_prompt(item, text_only), "response": answer,
+                    "prompt": build_prompt(item, text_only, prompt_style), "response": answer,
                     "predicted_index": index, "predicted_letter": None if index is None else LETTERS[index],
                     "answer_index": item.answer_index, "answer_letter": item.answer_letter,
                     "correct": index == item.answer_index,
@@ -668,6 +681,7 @@ def evaluate_model(
             bar.update(len(batch))
     return {
         "mode": mode,
+        "prompt_style": prompt_style,
         **_score(rows, metric),
         "per_task": _breakdown(rows, "task", metric),
         "per_category": _breakdown(rows, "category", metric),
@@ -698,6 +712,7 @@ def modality_gap(
     audio_results: dict | None = None,
     metric: evaluate.EvaluationModule | None = None,
     progress: bool = True,
+    prompt_style: str = "lettered",
 ) -> dict:
     """Audio and text-only accuracy on the items that carry a text form of their audio, and gap = audio - text.
 
@@ -712,9 +727,10 @@ def modality_gap(
         raise ValueError("No item carries a text form of its audio, so there is no text-only baseline "
                          "(MMAU has none; VoiceBench rows do).")
     kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generate_fn=generate_fn, metric=metric,
-                  progress=progress)
+                  progress=progress, prompt_style=prompt_style)
     reuse = audio_results is not None and len(with_text) == len(items) and [
-        p["id"] for p in audio_results["predictions"]] == [item.id for item in items]
+        p["id"] for p in audio_results["predictions"]] == [item.id for item in items] and audio_results.get(
+        "prompt_style", "lettered") == prompt_style
     audio = audio_results if reuse else evaluate_model(model, processor, with_text, **kwargs)
     text = evaluate_model(model, processor, with_text, text_only=True, **kwargs)
     return {
@@ -761,7 +777,8 @@ def render_markdown(results: dict) -> str:
             lines.append(f"- {key}: `{results[key]}`")
     evaluation = results.get("evaluation")
     if evaluation is not None:
-        lines += ["", f"## Accuracy ({evaluation['mode']} input)", ""]
+        style = evaluation.get("prompt_style", "lettered")
+        lines += ["", f"## Accuracy ({evaluation['mode']} input, {style} prompt)", ""]
         overall = {"overall": {k: evaluation[k] for k in ("num_items", "answered", "accuracy")}}
         lines += _accuracy_table("", overall) + [""]
         lines += _accuracy_table("task", evaluation["per_task"]) + [""]
@@ -814,6 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="lettered",
+                        help="lettered: the question, lettered options and 'answer with the letter' (default); "
+                        "question: the question alone, for models trained to answer it with the option's words")
     parser.add_argument("--text-only-gap", action="store_true",
                         help="also ask the text form of the audio, without audio, and report the modality gap")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -837,7 +857,8 @@ def run(args: argparse.Namespace) -> dict:
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(device)
-    settings = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    settings = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                    prompt_style=args.prompt_style)
     results = {"model": str(args.model), "data": str(args.data), "format": format}
     results["evaluation"] = evaluate_model(model, processor, items, **settings)
     if args.text_only_gap:
@@ -849,7 +870,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """`moe-audio evaluate MODEL DATA [--format mmau|voicebench|auto] [--out DIR] [--batch-size N] [--limit N]
-    [--text-only-gap]`."""
+    [--prompt-style lettered|question] [--text-only-gap]`."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         results = run(args)

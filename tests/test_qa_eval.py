@@ -220,6 +220,11 @@ def test_prompts_audio_and_text_only():
     assert build_conversation(spoken, text_only=True) == [
         {"role": "user", "content": [{"type": "text", "text": build_prompt(spoken, text_only=True)}]}
     ]
+    assert build_prompt(mmau, style="question") == "What makes the sound?"
+    assert build_prompt(spoken, text_only=True, style="question") == (
+        "Which gas? A. oxygen B. carbon dioxide\nAnswer the question.")
+    with pytest.raises(ValueError, match="Unknown prompt style 'letters': use one of lettered, question"):
+        build_prompt(mmau, style="letters")
 
 
 @pytest.mark.parametrize(
@@ -370,6 +375,18 @@ def test_mmau_breakdown_per_task_and_no_gap(tmp_path):
         evaluate_model(None, None, items, text_only=True, generate_fn=generator, progress=False)
 
 
+def test_question_style_asks_the_bare_question_and_scores_option_words(tmp_path):
+    items = load_mmau(write_mmau(tmp_path))
+    generator = ScriptedGenerator(items, ["dog", "a violin", "Sad."], [None] * 3)
+    results = evaluate_model(None, None, items, generate_fn=generator, progress=False, prompt_style="question")
+    assert [call["text"] for call in generator.calls] == [item.question for item in items]
+    assert results["prompt_style"] == "question"
+    assert [row["predicted_index"] for row in results["predictions"]] == [1, 1, 1]
+    assert results["accuracy"] == 1.0
+    markdown = write_report(results, tmp_path / "report")["markdown"].read_text()
+    assert "## Accuracy (audio input, question prompt)" in markdown
+
+
 # --------------------------------------------------------------------------------------- a real tiny checkpoint
 
 
@@ -463,7 +480,7 @@ def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, ca
     assert gap["gap"] == pytest.approx(gap["audio_accuracy"] - gap["text_accuracy"])
     assert [p["id"] for p in gap["text"]["predictions"]] == ["openbookqa-1", "custom-2"]
     markdown = (out / "results.md").read_text()
-    assert "## Accuracy (audio input)" in markdown and "## Modality gap" in markdown
+    assert "## Accuracy (audio input, lettered prompt)" in markdown and "## Modality gap" in markdown
     assert "| openbookqa | 2 |" in markdown
     assert "wrote" in capsys.readouterr().out
 
