@@ -226,14 +226,19 @@ class MoEAdapter(nn.Module):
         return self.output_norm(hidden), router_logits, selected_experts
 
 
-def load_balancing_loss_func(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+def load_balancing_loss_func(
+    router_logits: torch.Tensor, top_k: int, selected_experts: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eqs. 8-10 over the given tokens: L_aux = N * sum_e mean_b(G(x_b)_e) * mean_b(r_{b,e}).
 
     As in eq. 8, p_{b,e} = G(x_b)_e is the softmax over the k kept logits (zero for experts not chosen), not the
-    softmax over all N logits that Switch/Mixtral use.
+    softmax over all N logits that Switch/Mixtral use. `selected_experts`: the experts the router chose, which a
+    selection bias makes differ from the top-k of the logits; by default, that top-k.
     """
     num_experts = router_logits.shape[-1]
-    top_k_logits, selected_experts = torch.topk(router_logits, top_k, dim=-1)
+    if selected_experts is None:
+        selected_experts = torch.topk(router_logits, top_k, dim=-1).indices
+    top_k_logits = router_logits.gather(-1, selected_experts)
     routing_probs = torch.zeros_like(router_logits).scatter(-1, selected_experts, torch.softmax(top_k_logits, dim=-1))
     routed = torch.zeros_like(routing_probs).scatter(-1, selected_experts, 1.0)
     expert_importance = routing_probs.mean(dim=0)
@@ -467,7 +472,9 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
                 placeholder_mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
             )
             if router_logits is not None and router_logits.shape[0] > 0:
-                aux_loss = load_balancing_loss_func(router_logits, self.config.num_experts_per_tok)
+                aux_loss = load_balancing_loss_func(
+                    router_logits, self.config.num_experts_per_tok, selected_experts
+                )
                 router_z_loss = router_z_loss_func(router_logits)
 
         outputs = self.language_model(

@@ -112,7 +112,7 @@ class MoEAuxLossCallback(TrainerCallback):
             totals = torch.stack([
                 -(probs * probs.clamp_min(1e-12).log()).sum(),
                 probs.new_tensor(router_logits.shape[0]),
-                load_balancing_loss_func(router_logits.double(), selected_experts.shape[-1]),
+                load_balancing_loss_func(router_logits.double(), selected_experts.shape[-1], selected_experts),
                 probs.new_tensor(1.0),
             ])
             self._totals = totals if self._totals is None else self._totals + totals

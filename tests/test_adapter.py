@@ -28,13 +28,14 @@ def reference_adapter(adapter: MoEAdapter, x: torch.Tensor, top_k: int) -> torch
     return torch.stack(outputs)
 
 
-def reference_aux_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Eqs. 8-10 with explicit sums."""
+def reference_aux_loss(router_logits: torch.Tensor, top_k: int, selection_bias=None) -> torch.Tensor:
+    """Eqs. 8-10 with explicit sums; a selection bias moves which experts are kept, not their probabilities."""
     num_tokens, num_experts = router_logits.shape
     importance = torch.zeros(num_experts, dtype=torch.float64)
     load = torch.zeros(num_experts, dtype=torch.float64)
+    bias = torch.zeros(num_experts, dtype=torch.float64) if selection_bias is None else selection_bias.double()
     for logits in router_logits.double():
-        kept = torch.topk(logits, top_k).indices
+        kept = torch.topk(logits + bias, top_k).indices
         probs = torch.softmax(logits[kept], dim=0)
         for p, e in zip(probs, kept.tolist()):
             importance[e] += p / num_tokens  # eq. 8 with p_{b,e} = G(x_b)_e
@@ -106,6 +107,24 @@ def test_aux_loss_matches_reference_and_ignores_padding():
     all_frames_logits = model.model.get_audio_features(features, None).router_logits
     padded_loss = load_balancing_loss_func(all_frames_logits, config.num_experts_per_tok)
     assert not torch.allclose(padded_loss, batched.aux_loss)
+
+
+def test_aux_loss_counts_the_experts_a_selection_bias_chose():
+    model = tiny_model(router_selection_bias=True)
+    config = model.config
+    features, mask = make_audio_batch(config, [3000])
+    input_ids, attention_mask = make_input_ids(config, tokens_for([3000], config), [4])
+    bias = model.model.adapter.router.selection_bias
+    bias.copy_(torch.linspace(-1.0, 1.0, config.num_experts))
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, input_features=features,
+                    input_features_mask=mask, output_router_logits=True)
+    assert not torch.equal(out.selected_experts.sort(-1).values,
+                           out.router_logits.topk(config.num_experts_per_tok).indices.sort(-1).values)
+    expected = reference_aux_loss(out.router_logits, config.num_experts_per_tok, bias)
+    torch.testing.assert_close(out.aux_loss.double(), expected, rtol=1e-6, atol=1e-7)
+    unbiased = reference_aux_loss(out.router_logits, config.num_experts_per_tok)
+    assert not torch.allclose(out.aux_loss.double(), unbiased)
 
 
 def test_aux_loss_of_balanced_and_collapsed_routing():
