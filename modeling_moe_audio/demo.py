@@ -60,6 +60,7 @@ def train_one(name: str, config, output: Path, manifests: dict, budget: dict, se
         "--save_strategy", "no",
         "--report_to", "tensorboard",
         "--dataloader_num_workers", "0",
+        "--overwrite_output_dir",  # the demo (and ablate) decide what may be replaced in `output`
     ])
     return time.perf_counter() - start
 

@@ -59,6 +59,27 @@ class MoEAudioTrainArguments:
     gradient_analysis_every: int = field(default=50, metadata={"help": "steps between gradient analyses"})
     max_audio_seconds: float = field(default=600.0, metadata={"help": "rows with longer audio are bad rows"})
     skip_bad_rows: bool = field(default=False, metadata={"help": "leave bad manifest rows out instead of failing"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a model or checkpoints already saved in --output_dir"}
+    )
+
+
+SAVED_RUN_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def check_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to write over a model or checkpoints saved in `output_dir`, unless resuming that run or asked to."""
+    output_dir = Path(output_dir)
+    if resuming or overwrite or not output_dir.is_dir():
+        return
+    saved = sorted(path.name for path in output_dir.iterdir()
+                   if path.name in SAVED_RUN_FILES or (path.is_dir() and path.name.startswith("checkpoint-")))
+    if saved:
+        raise FileExistsError(
+            f"{output_dir} already holds a saved run ({', '.join(saved[:4])}{', ...' if len(saved) > 4 else ''}), "
+            "which training would overwrite: choose another --output_dir, continue that run with "
+            "--resume_from_checkpoint, or pass --overwrite_output_dir to replace it."
+        )
 
 
 def build_parser() -> HfArgumentParser:
@@ -159,6 +180,8 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
 
 def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> dict:
     # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
+    check_output_dir(training_args.output_dir, bool(training_args.resume_from_checkpoint),
+                      script_args.overwrite_output_dir)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(script_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -182,7 +205,10 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
-    train(script_args, training_args)
+    try:
+        train(script_args, training_args)
+    except FileExistsError as error:
+        sys.exit(f"error: {error}")
     # A torchrun worker that exits with its process group still open can abort in the communication threads'
     # destructors ("terminate called without an active exception") and fail the whole launch.
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -226,6 +226,26 @@ def test_lora_save_reload_merge_give_identical_logits(checkpoint, corpus, tmp_pa
     assert printed.strip().endswith("OK")
 
 
+def test_train_refuses_to_overwrite_a_saved_run(checkpoint, corpus, tmp_path):
+    from modeling_moe_audio import train
+
+    def train_into(output, *extra):
+        train.main(["--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(output),
+                    "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "1",
+                    "--warmup_steps", "0", "--learning_rate", "1e-2", "--save_strategy", "steps", "--save_steps", "1",
+                    "--dataloader_num_workers", "0", *extra])
+
+    output = tmp_path / "run"
+    train_into(output)
+    saved = (output / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a saved run .*--overwrite_output_dir"):
+        train_into(output)
+    assert (output / "model.safetensors").read_bytes() == saved
+    train_into(output, "--resume_from_checkpoint", str(output / "checkpoint-1"))  # continuing the run is allowed
+    train_into(output, "--overwrite_output_dir", "--max_steps", "2")
+    assert (output / "model.safetensors").read_bytes() != saved
+
+
 def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
     common = ["--max_steps", "6", "--logging_steps", "1", "--stage", "full", "--learning_rate", "1e-3",
               "--per_device_train_batch_size", "4"]
