@@ -8,10 +8,12 @@ DATA is split in half per category.
 
 import argparse
 import json
+from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoProcessor, TrainerCallback
 
 from .analysis import category_gradients, gradient_cosine, run_analysis
+from .build import check_output_dir
 from .data import load_manifest
 
 
@@ -63,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-size", type=float, default=1e-2, help="lambda of eq. 12's normalised step")
     parser.add_argument("--limit", type=int, help="use only the first N rows of each manifest")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out directory")
     args = parser.parse_args(argv)
+    try:
+        check_output_dir(Path(args.out), args.overwrite)
+    except FileExistsError as error:
+        raise SystemExit(f"error: {error}")
 
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)

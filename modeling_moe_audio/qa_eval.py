@@ -80,6 +80,7 @@ import soundfile
 import torch
 from tqdm.auto import tqdm
 
+from .build import check_output_dir
 from .data import BadRowError, decode_audio_item
 from .evaluation import greedy_generate
 
@@ -840,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="model dtype (default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out directory")
     return parser
 
 
@@ -870,13 +872,14 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """`moe-audio evaluate MODEL DATA [--format mmau|voicebench|auto] [--out DIR] [--batch-size N] [--limit N]
-    [--prompt-style lettered|question] [--text-only-gap]`."""
+    [--prompt-style lettered|question] [--text-only-gap] [--overwrite]`."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        results = run(args)
-    except (FileNotFoundError, ValueError) as error:  # BadRowError is a ValueError
-        sys.exit(f"error: {error}")
     out = Path(args.out) if args.out else Path("eval") / Path(args.data).stem
+    try:
+        check_output_dir(out, args.overwrite)  # before the long part: a finished evaluation is never lost
+        results = run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # BadRowError is a ValueError
+        sys.exit(f"error: {error}")
     paths = write_report(results, out)
     print(render_markdown(results))
     print(f"wrote {paths['json']} and {paths['markdown']}")

@@ -36,6 +36,12 @@ def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type):
     assert (out / "expert_heatmap.png").is_file() == (adapter_type == "moe")
     if adapter_type == "dense":
         assert "no experts to map" in json.dumps(analysis)
+    from modeling_moe_audio.analyze import main as analyze
+
+    saved = (out / "analysis.json").read_bytes()
+    with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
+        analyze([str(checkpoint), str(corpus["train"]), "--out", str(out)])
+    assert (out / "analysis.json").read_bytes() == saved
 
 
 def test_gradient_cosines_are_logged_during_training(corpus, tmp_path):

@@ -483,6 +483,13 @@ def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, ca
     assert "## Accuracy (audio input, lettered prompt)" in markdown and "## Modality gap" in markdown
     assert "| openbookqa | 2 |" in markdown
     assert "wrote" in capsys.readouterr().out
+    saved = (out / "results.json").read_bytes()
+    with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
+        main([str(tiny_checkpoint), str(data), "--out", str(out), "--limit", "1", "--no-progress"])
+    assert (out / "results.json").read_bytes() == saved
+    main([str(tiny_checkpoint), str(data), "--out", str(out), "--limit", "1", "--max-new-tokens", "2",
+          "--no-progress", "--overwrite"])
+    assert json.loads((out / "results.json").read_text())["evaluation"]["num_items"] == 1
 
     mmau = write_mmau(tmp_path)
     with pytest.raises(SystemExit, match="no item .* carries a text form"):
