@@ -81,8 +81,9 @@ class MoEAuxLossCallback(TrainerCallback):
         self.collapse_threshold = collapse_threshold
         self.collapse_patience = collapse_patience
         self.bias_update_rate = bias_update_rate
-        self._hook = None
-        self._adapter = None
+        self._hooks = []
+        self._adapter = None  # the MoE adapter that last routed a training batch
+        self._device = None
         self._reset()
         self._low_share_streak = None
 
@@ -101,6 +102,7 @@ class MoEAuxLossCallback(TrainerCallback):
     def _record(self, module, inputs, outputs):
         if not module.training:
             return
+        self._adapter = module
         _, router_logits, selected_experts = outputs
         if router_logits.shape[0] == 0:
             return
@@ -119,11 +121,12 @@ class MoEAuxLossCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         moe_model = unwrap_moe_model(model)
-        # By name: a checkpoint loaded with trust_remote_code brings its own copy of the class.
-        adapter = next((m for m in moe_model.modules() if type(m).__name__ == MoEAdapter.__name__), None)
-        self._adapter = adapter
-        if adapter is not None and self._hook is None:
-            self._hook = adapter.register_forward_hook(self._record)
+        # By name: a checkpoint loaded with trust_remote_code brings its own copy of the class. Every copy is hooked:
+        # PEFT's modules_to_save keeps the frozen original beside the trained copy, and only the copy runs.
+        adapters = [m for m in moe_model.modules() if type(m).__name__ == MoEAdapter.__name__]
+        if adapters and not self._hooks:
+            self._hooks = [adapter.register_forward_hook(self._record) for adapter in adapters]
+            self._device = adapters[0].router.weight.device
             self._low_share_streak = torch.zeros(moe_model.config.num_experts, dtype=torch.long)
         if self.schedule is None:
             self.schedule = AuxLossSchedule(coef=moe_model.config.router_aux_loss_coef)
@@ -139,7 +142,7 @@ class MoEAuxLossCallback(TrainerCallback):
         self._step_counts = None
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        if logs is None or self._adapter is None:
+        if logs is None or not self._hooks:
             return
         metrics = self._routing_metrics()
         metrics["moe/aux_loss_coef"] = unwrap_moe_model(model).config.router_aux_loss_coef
@@ -150,9 +153,9 @@ class MoEAuxLossCallback(TrainerCallback):
 
     def _routing_metrics(self) -> dict[str, float]:
         num_experts = len(self._low_share_streak)
-        device = self._adapter.router.weight.device
-        counts = self._pair_counts if self._pair_counts is not None else torch.zeros(num_experts, device=device)
-        totals = self._totals if self._totals is not None else torch.zeros(4, device=device)
+        # Every rank reduces, also one that routed nothing since the last log.
+        counts = self._pair_counts if self._pair_counts is not None else torch.zeros(num_experts, device=self._device)
+        totals = self._totals if self._totals is not None else torch.zeros(4, device=self._device)
         counts, totals = _all_reduce_sum(counts.double()).cpu(), _all_reduce_sum(totals.double()).cpu()
         entropy_sum, tokens, aux_sum, forwards = totals.tolist()
         self._reset()
@@ -181,9 +184,9 @@ class MoEAuxLossCallback(TrainerCallback):
             )
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

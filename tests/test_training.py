@@ -90,7 +90,8 @@ def test_aux_loss_schedule_shapes():
 
 def test_collapse_warning(caplog):
     callback = MoEAuxLossCallback(collapse_threshold=0.5, collapse_patience=2)
-    callback._adapter = type("Adapter", (), {"router": torch.nn.Linear(1, 4)})()
+    callback._hooks = ["test double of a hooked MoE adapter"]
+    callback._device = torch.device("cpu")
     callback._low_share_streak = torch.zeros(4, dtype=torch.long)
 
     class Model(torch.nn.Module):
@@ -327,6 +328,26 @@ def test_bias_balancing_through_the_trainer(corpus, checkpoint, tmp_path):
     with pytest.raises(ValueError, match="needs a model with router_selection_bias=True"):
         build_trainer(*parse(plain_checkpoint, corpus, tmp_path / "run2", "--max_steps", "1",
                              "--bias_update_rate", "0.01"))
+
+
+def test_lora_stage_logs_routing_and_balances_the_adapter_that_runs(corpus, tmp_path):
+    """PEFT keeps a frozen copy of the adapter beside the trained one; the callback follows the one that routes."""
+    checkpoint = tmp_path / "init"
+    init_checkpoint(load_config("tiny-4s", router_selection_bias=True), checkpoint,
+                    tokenizer=shipped_tokenizer("tiny-4s"))
+    script_args, training_args = parse(checkpoint, corpus, tmp_path / "run", "--max_steps", "4", "--stage", "lora",
+                                       "--lora_rank", "4", "--logging_steps", "2", "--bias_update_rate", "0.01")
+    trainer = build_trainer(script_args, training_args)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "moe/expert_share/e0" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert all(entry["moe/aux_loss"] >= 4.0 - 1e-6 for entry in logged)
+    trained, frozen = (trainer.model.base_model.model.model.adapter.modules_to_save["default"],
+                       trainer.model.base_model.model.model.adapter.original_module)
+    assert torch.count_nonzero(trained.router.selection_bias) > 0
+    assert torch.count_nonzero(frozen.router.selection_bias) == 0
+    merged = trainer.model.merge_and_unload()
+    torch.testing.assert_close(merged.model.adapter.router.selection_bias, trained.router.selection_bias)
 
 
 def test_same_seed_same_weights(checkpoint, corpus, tmp_path):
