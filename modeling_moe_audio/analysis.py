@@ -24,6 +24,7 @@ import torch
 
 from .corpus import CATEGORIES
 from .data import MoEAudioDataCollator
+from .training import audio_adapter
 
 
 NO_EXPERTS_MESSAGE = (
@@ -127,7 +128,7 @@ def _analysed_parameters(model, parameters) -> list[torch.nn.Parameter]:
     if isinstance(parameters, str):
         if parameters != "adapter":
             raise ValueError(f"parameters must be 'adapter' or an iterable of parameters, got {parameters!r}.")
-        chosen = list(model.model.adapter.parameters())
+        chosen = list(audio_adapter(model).parameters())
     else:
         chosen = list(parameters)
     if not chosen:
@@ -176,7 +177,7 @@ def _json_matrix(matrix) -> list[list[float | None]]:
 
 
 def _require_experts(model) -> None:
-    adapter = model.model.adapter
+    adapter = audio_adapter(model)
     if not hasattr(adapter, "router") or getattr(model.config, "adapter_type", "moe") != "moe":
         raise ValueError(NO_EXPERTS_MESSAGE.format(adapter_type=getattr(model.config, "adapter_type", None)))
 
@@ -513,7 +514,7 @@ def run_analysis(
     rows = list(rows)
     gradient_rows, eval_rows = split_rows(rows, category_key) if eval_rows is None else (rows, list(eval_rows))
     files = {}
-    if getattr(model.config, "adapter_type", None) == "moe" and hasattr(model.model.adapter, "router"):
+    if getattr(model.config, "adapter_type", None) == "moe" and hasattr(audio_adapter(model), "router"):
         activation = expert_activation(model, processor, rows, category_key, batch_size)
         files["expert_heatmap"] = plot_heatmap(activation, out_dir / "expert_heatmap.png").name
     else:

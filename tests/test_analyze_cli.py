@@ -64,3 +64,32 @@ def test_gradient_cosines_are_logged_during_training(corpus, tmp_path):
     accumulator = EventAccumulator(str(events.parent))
     accumulator.Reload()
     assert "train/grad_cos/speech-sound" in accumulator.Tags()["scalars"]
+
+
+def test_gradient_analysis_follows_the_trained_adapter_under_lora(corpus, tmp_path):
+    """PEFT keeps a frozen original of the adapter beside the trained copy; the analyses measure the copy."""
+    from modeling_moe_audio.analysis import category_gradients, expert_activation
+    from modeling_moe_audio.analyze import load_rows
+    from modeling_moe_audio.training import audio_adapter
+
+    checkpoint = tmp_path / "ckpt"
+    init_checkpoint(load_config("tiny-4s"), checkpoint, tokenizer=shipped_tokenizer("tiny-4s"))
+    script_args, training_args = build_parser().parse_args_into_dataclasses(args=[
+        "--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(tmp_path / "run"),
+        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--stage", "lora",
+        "--lora_rank", "4", "--max_steps", "2", "--logging_steps", "2", "--per_device_train_batch_size", "4",
+        "--gradient_analysis_data", str(corpus["validation"]), "--gradient_analysis_every", "2",
+    ])
+    trainer = build_trainer(script_args, training_args)
+    trainer.train()
+    assert any("grad_cos/speech-music" in entry for entry in trainer.state.log_history)
+    wrapper = trainer.model.base_model.model.model.adapter
+    assert audio_adapter(trainer.model) is wrapper.modules_to_save["default"]
+    with trainer.model.disable_adapter():
+        assert audio_adapter(trainer.model) is wrapper.original_module
+    rows = load_rows(corpus["validation"])
+    gradients = category_gradients(trainer.model, trainer.processing_class, rows)
+    assert all(g.numel() == sum(p.numel() for p in wrapper.modules_to_save["default"].parameters())
+               for g in gradients.values())
+    activation = expert_activation(trainer.model, trainer.processing_class, rows)
+    assert sum(map(sum, activation["counts"].values())) == 4 * sum(activation["tokens"].values())

@@ -94,15 +94,15 @@ def test_collapse_warning(caplog):
     callback._device = torch.device("cpu")
     callback._low_share_streak = torch.zeros(4, dtype=torch.long)
 
-    class Model(torch.nn.Module):
-        config = type("Config", (), {"model_type": "moe_audio", "router_aux_loss_coef": 0.01})()
+    from conftest import tiny_model
 
+    model = tiny_model()
     for _ in range(2):
         callback._pair_counts = torch.tensor([50.0, 48.0, 1.0, 45.0])
         callback._totals = torch.tensor([30.0, 36, 4.2, 1])
         with caplog.at_level("WARNING"):
             callback.on_log(None, type("State", (), {"log_history": [], "global_step": 1})(), None, logs={},
-                            model=Model())
+                            model=model)
     assert "Expert 2 has received under 12.5% of the routed tokens for 2 logging steps" in caplog.text
     assert "Expert 0" not in caplog.text and caplog.text.count("collapsing") == 1
 
