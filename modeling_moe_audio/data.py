@@ -191,6 +191,12 @@ class MoEAudioDataCollator:
     def __call__(self, rows: list[dict]) -> dict:
         conversations = []
         for row in rows:
+            num_blocks = sum(block["type"] == "audio" for message in row["conversation"] for block in message["content"])
+            if num_blocks != len(row["audio"]):
+                raise ValueError(
+                    f"A row's conversation has {num_blocks} audio blocks but its 'audio' column holds "
+                    f"{len(row['audio'])} items; give one audio item per audio block, in order."
+                )
             clips = iter([decode_audio_item(item) for item in row["audio"]])
             conversation = []
             for message in row["conversation"]:

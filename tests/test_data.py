@@ -64,6 +64,8 @@ def test_collator_labels_only_the_assistant(tmp_path, processor):
     assert (batch["labels"][batch["input_ids"] == processor.audio_token_id] == -100).all()
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     assert batch["attention_mask"][0, -1] == 0  # right padding for training
+    with pytest.raises(ValueError, match="has 2 audio blocks but its 'audio' column holds 1 items"):
+        MoEAudioDataCollator(processor)([{**dataset[1], "audio": dataset[1]["audio"][:1]}])
 
 
 def test_collator_accepts_datasets_audio_dicts(tmp_path):
