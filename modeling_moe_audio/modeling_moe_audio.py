@@ -472,9 +472,7 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
                 placeholder_mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
             )
             if router_logits is not None and router_logits.shape[0] > 0:
-                aux_loss = load_balancing_loss_func(
-                    router_logits, self.config.num_experts_per_tok, selected_experts
-                )
+                aux_loss = load_balancing_loss_func(router_logits, self.config.num_experts_per_tok, selected_experts)
                 router_z_loss = router_z_loss_func(router_logits)
 
         outputs = self.language_model(

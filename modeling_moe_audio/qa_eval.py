@@ -635,8 +635,8 @@ def evaluate_model(
     `compute(predictions=, references=)` returns {"accuracy": ...} over option indices (default `ChoiceAccuracy`).
     `prompt_style`: "lettered" (default) or "question" (see `build_prompt`).
 
-    Returns {"mode": "audio" | "text", "prompt_style", "accuracy", "num_items", "correct", "answered" (answers mapped to an option),
-    "per_task", "per_category", "per_benchmark" (each {name: {"accuracy", "num_items", "correct", "answered"}}),
+    Returns {"mode": "audio" | "text", "prompt_style", "accuracy", "num_items", "correct", "answered" (answers mapped
+    to an option), "per_task", "per_category", "per_benchmark" (each {name: {"accuracy", "num_items", "correct", "answered"}}),
     "predictions": one dict per item (id, task, category, benchmark, prompt, response, predicted_index,
     predicted_letter, answer_index, answer_letter, correct)}. Accuracies are fractions in [0, 1].
     """

@@ -67,7 +67,7 @@ class MoEAudioTrainArguments:
 SAVED_RUN_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
-def check_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
+def check_no_saved_run(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
     """Refuse to write over a model or checkpoints saved in `output_dir`, unless resuming that run or asked to."""
     output_dir = Path(output_dir)
     if resuming or overwrite or not output_dir.is_dir():
@@ -179,9 +179,9 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
 
 
 def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> dict:
+    check_no_saved_run(training_args.output_dir, bool(training_args.resume_from_checkpoint),
+                       script_args.overwrite_output_dir)
     # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
-    check_output_dir(training_args.output_dir, bool(training_args.resume_from_checkpoint),
-                      script_args.overwrite_output_dir)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(script_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
