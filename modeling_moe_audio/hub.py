@@ -3,7 +3,8 @@
 A pushed checkpoint loads anywhere with `AutoModelForCausalLM.from_pretrained("org/name", trust_remote_code=True)`
 (and `AutoModel`, `AutoProcessor`), so the folder must hold the config, the three code files and safetensors
 weights; pickle files are never published. The endpoint and the transfer protocol are `huggingface_hub`'s own
-(`HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_DISABLE_XET`, ...).
+(`HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_DISABLE_XET`, ...). The code files published are always the installed
+moe-audio's: a folder whose code files differ from them is refused and pointed to `moe-audio update-code`.
 """
 
 import fnmatch
@@ -13,14 +14,26 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 
 CODE_FILES = ("configuration_moe_audio.py", "modeling_moe_audio.py", "processing_moe_audio.py")
+PACKAGE_DIR = Path(__file__).resolve().parent  # where the installed, current copies of CODE_FILES live
 REQUIRED_FILES = ("config.json", *CODE_FILES)
 WEIGHTS = "model.safetensors"
 SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # What the Trainer leaves beside a model; left out of the upload (not refused). Matched on the file name.
 TRAINING_LEFTOVERS = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin", "trainer_state.json")
-# Left out as whole folders: the Trainer's intermediate checkpoints and what huggingface_hub never uploads.
-EXCLUDED_FOLDERS = ("checkpoint-*", ".git", ".cache")
+# Left out as whole folders: the Trainer's intermediate checkpoints, what huggingface_hub never uploads, and the
+# old files `moe-audio update-code` keeps (they hold a config.json and code that must never be published).
+CODE_BACKUP_PREFIX = "code-backup-"
+EXCLUDED_FOLDERS = ("checkpoint-*", ".git", ".cache", f"{CODE_BACKUP_PREFIX}*")
+
+
+def outdated_code_files(folder: str | Path) -> list[str]:
+    """The code files in `folder` whose bytes differ from the installed package's (missing ones are not listed)."""
+    folder = Path(folder)
+    return [
+        name for name in CODE_FILES
+        if (folder / name).is_file() and (folder / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()
+    ]
 
 
 def checkpoint_files(folder: str | Path) -> tuple[list[str], list[str]]:
@@ -51,6 +64,16 @@ def checkpoint_files(folder: str | Path) -> tuple[list[str], list[str]]:
             f"trust_remote_code=True on its own: it needs config.json, the code files {', '.join(CODE_FILES)} "
             f"and {WEIGHTS} (save it with model.save_pretrained(folder) and processor.save_pretrained(folder))."
         )
+    outdated = outdated_code_files(folder)
+    if outdated:
+        # Publishing other code than the installed one would spread checkpoints that may not run (0.1.0's crash on
+        # transformers >= 5.24); update-code replaces them and proves the logits unchanged, which a push cannot.
+        raise ValueError(
+            f"{folder} carries code files that differ from the installed moe-audio's ({', '.join(outdated)}), "
+            f"e.g. those of an older version; only current code is published. Bring them up to date with "
+            f"`moe-audio update-code {folder}` (it keeps the old files and checks that the logits do not change), "
+            f"then push again."
+        )
     pickles = [path for path in uploaded if path.lower().endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise ValueError(
@@ -74,8 +97,9 @@ def push_checkpoint(
     Refuses (`ValueError`) a folder without `config.json`, the three code files (`configuration_moe_audio.py`,
     `modeling_moe_audio.py`, `processing_moe_audio.py`) or `model.safetensors`, and one that holds pickle files
     (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`). Leaves out training leftovers (`optimizer.pt`, `scheduler.pt`,
-    `rng_state*.pth`, `training_args.bin`, `trainer_state.json`), any other `.py` file, and the Trainer's
-    `checkpoint-*` folders. `revision` is an existing branch (default `main`). `private` applies only when the
+    `rng_state*.pth`, `training_args.bin`, `trainer_state.json`), any other `.py` file, the Trainer's
+    `checkpoint-*` folders and update-code's `code-backup-*` folders. Refuses code files that differ from the
+    installed package's (run `moe-audio update-code FOLDER` first). `revision` is an existing branch (default `main`). `private` applies only when the
     repo is created. `model_card` (text) is published as `README.md` instead of the folder's own, which is left
     untouched. Returns the commit URL (a `huggingface_hub.CommitInfo`, a `str` with `.oid`, the commit sha).
     """
