@@ -29,6 +29,12 @@ def _init(args: argparse.Namespace) -> None:
         print("no --tokenizer given and none ships with this config: the checkpoint has no processor")
 
 
+def _update_code(args: argparse.Namespace) -> None:
+    from .code_update import update_checkpoint_code
+
+    print(update_checkpoint_code(args.checkpoint))
+
+
 # Commands with their own argument parser (HfArgumentParser over TrainingArguments): everything after the
 # command name goes to them.
 DELEGATED = {
@@ -79,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     init.set_defaults(run=_init)
+
+    update = commands.add_parser(
+        "update-code", help="replace an old checkpoint's code files with the installed ones, checking the logits"
+    )
+    update.add_argument("checkpoint", help="a checkpoint folder, e.g. one written by moe-audio 0.1.0")
+    update.set_defaults(run=_update_code)
     return parser
 
 
