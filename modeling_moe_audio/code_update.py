@@ -5,7 +5,7 @@ A checkpoint carries the three code files of the moe-audio that wrote it, and `t
 whatever version of moe-audio is installed. So checkpoints written by 0.1.0 crash on transformers >= 5.24
 (`unexpected keyword argument 'cache'`) until their code files are replaced. This replaces them with the installed
 package's and completes the `auto_map` entries that point the Auto classes at them; it never writes a weight file
-(checked by hashing every `*.safetensors` before and after), keeps the replaced files in a `code-backup-<time>`
+(checked by hashing every `*.safetensors` beside config.json before and after), keeps the replaced files in a `code-backup-<time>`
 folder inside the checkpoint (which `moe-audio push` leaves out), and proves on a fixed probe input that the
 updated checkpoint computes the same logits as before, putting everything back if not.
 """
@@ -74,6 +74,7 @@ class CodeUpdate:
     reference: str = ""
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     loaded_as: list[str] = field(default_factory=list)
+    tolerance: float = TOLERANCE
 
     def __str__(self) -> str:
         if self.already_current:
@@ -87,7 +88,7 @@ class CodeUpdate:
             f"probe before: {self.reference}",
             f"probe after: the updated folder through the Auto classes with trust_remote_code=True, moe-audio not "
             f"importable: {', '.join(self.loaded_as)}",
-            f"max abs difference (tolerance {TOLERANCE:g}): {differences}",
+            f"max abs difference (tolerance {self.tolerance:g}): {differences}",
         ])
 
 
@@ -204,7 +205,7 @@ def update_checkpoint_code(folder: str | Path, tolerance: float = TOLERANCE) -> 
             raise
     return CodeUpdate(folder, already_current=False, written_by=written_by, replaced=sorted(new_files),
                       backup=backup, weights=weights, reference=reference, max_abs_diff=differences,
-                      loaded_as=after["classes"])
+                      loaded_as=after["classes"], tolerance=tolerance)
 
 
 # --- what changes -------------------------------------------------------------------------------------------------
