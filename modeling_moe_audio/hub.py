@@ -99,8 +99,8 @@ def push_checkpoint(
     (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`). Leaves out training leftovers (`optimizer.pt`, `scheduler.pt`,
     `rng_state*.pth`, `training_args.bin`, `trainer_state.json`), any other `.py` file, the Trainer's
     `checkpoint-*` folders and update-code's `code-backup-*` folders. Refuses code files that differ from the
-    installed package's (run `moe-audio update-code FOLDER` first). `revision` is an existing branch (default `main`). `private` applies only when the
-    repo is created. `model_card` (text) is published as `README.md` instead of the folder's own, which is left
+    installed package's (run `moe-audio update-code FOLDER` first). `revision` is an existing branch (default
+    `main`). `private` applies only when the repo is created. `model_card` (text) is published as `README.md` instead of the folder's own, which is left
     untouched. Returns the commit URL (a `huggingface_hub.CommitInfo`, a `str` with `.oid`, the commit sha).
     """
     uploaded, _ = checkpoint_files(folder)
