@@ -165,7 +165,7 @@ def test_dynamo_traces_the_default_kernel_in_float32(model, batch):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_forward_and_generate_match_eager(dtype):
-    model = tiny_model().to(dtype)
+    model = tiny_model()
     features, mask = make_audio_batch(model.config, MEL_LENGTHS)
     input_ids, attention_mask = make_input_ids(
         model.config, tokens_for(MEL_LENGTHS, model.config), [5, 9], padding_side="left"
@@ -173,14 +173,21 @@ def test_compiled_forward_and_generate_match_eager(dtype):
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "input_features": features,
              "input_features_mask": mask}
     with torch.no_grad():
-        eager_logits = model(**batch).logits
+        float32_logits = model(**batch).logits
+        model.to(dtype)
+        eager_logits = model(**batch).logits.float()
         eager_tokens = model.generate(**batch, max_new_tokens=4, do_sample=False)
-        compiled_logits = torch.compile(model)(**batch).logits
+        compiled_logits = torch.compile(model)(**batch).logits.float()
         model.forward = torch.compile(model.forward)
         compiled_tokens = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
-    torch.testing.assert_close(compiled_logits, eager_logits, atol=tolerance, rtol=tolerance)
     assert torch.equal(compiled_tokens, eager_tokens)
+    if dtype == torch.float32:
+        torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-5, rtol=1e-5)
+    else:  # inductor keeps bf16 intermediates in float32: as close to the float32 model as eager bf16, not equal to it
+        eager_error = (eager_logits - float32_logits).abs()
+        compiled_error = (compiled_logits - float32_logits).abs()
+        assert compiled_error.max() <= 1.5 * eager_error.max()
+        assert compiled_error.mean() <= 1.5 * eager_error.mean()
 
 
 # --- audio files ----------------------------------------------------------------------------------------------------
