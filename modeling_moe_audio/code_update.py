@@ -5,9 +5,9 @@ A checkpoint carries the three code files of the moe-audio that wrote it, and `t
 whatever version of moe-audio is installed. So checkpoints written by 0.1.0 crash on transformers >= 5.24
 (`unexpected keyword argument 'cache'`) until their code files are replaced. This replaces them with the installed
 package's and completes the `auto_map` entries that point the Auto classes at them; it never writes a weight file
-(checked by hashing every `*.safetensors` beside config.json before and after), keeps the replaced files in a `code-backup-<time>`
-folder inside the checkpoint (which `moe-audio push` leaves out), and proves on a fixed probe input that the
-updated checkpoint computes the same logits as before, putting everything back if not.
+(checked by hashing every `*.safetensors` beside config.json before and after), keeps the replaced files in a
+`code-backup-<time>` folder inside the checkpoint (which `moe-audio push` leaves out), and proves on a fixed probe
+input that the updated checkpoint computes the same logits as before, putting everything back if not.
 """
 
 import hashlib
@@ -187,7 +187,8 @@ def update_checkpoint_code(folder: str | Path, tolerance: float = TOLERANCE) -> 
             if error:
                 raise ValueError(
                     f"{folder} with the updated code does not load or run with trust_remote_code=True ({error}); "
-                    f"every file was put back. Reinstall moe-audio (its code files may be damaged) and run update-code again."
+                    f"every file was put back. Reinstall moe-audio (its code files may be damaged) and run "
+                    f"update-code again."
                 )
             differences = _compare(before, after)
             if any(value > tolerance for value in differences.values()):

@@ -97,11 +97,12 @@ def push_checkpoint(
     Refuses (`ValueError`) a folder without `config.json`, the three code files (`configuration_moe_audio.py`,
     `modeling_moe_audio.py`, `processing_moe_audio.py`) or `model.safetensors`, and one that holds pickle files
     (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`). Leaves out training leftovers (`optimizer.pt`, `scheduler.pt`,
-    `rng_state*.pth`, `training_args.bin`, `trainer_state.json`), any other `.py` file, the Trainer's
-    `checkpoint-*` folders and update-code's `code-backup-*` folders. Refuses code files that differ from the
-    installed package's (run `moe-audio update-code FOLDER` first). `revision` is an existing branch (default
-    `main`). `private` applies only when the repo is created. `model_card` (text) is published as `README.md` instead of the folder's own, which is left
-    untouched. Returns the commit URL (a `huggingface_hub.CommitInfo`, a `str` with `.oid`, the commit sha).
+    `rng_state*.pth`, `training_args.bin`, `trainer_state.json`), any other `.py` file, the Trainer's `checkpoint-*`
+    folders and update-code's `code-backup-*` folders. Refuses code files that differ from the installed package's
+    (run `moe-audio update-code FOLDER` first). `revision` is an existing branch (default `main`). `private` applies
+    only when the repo is created. `model_card` (text) is published as `README.md` instead of the folder's own,
+    which is left untouched. Returns the commit URL (a `huggingface_hub.CommitInfo`, a `str` with `.oid`, the commit
+    sha).
     """
     uploaded, _ = checkpoint_files(folder)
     operations = [
