@@ -142,10 +142,10 @@ def test_the_fixture_is_the_code_0_1_0_wrote():
     # Otherwise there is nothing to update and the tests below would prove nothing.
     current = hashlib.sha256((PACKAGE / "modeling_moe_audio.py").read_bytes()).hexdigest()
     assert current != hashes["modeling_moe_audio.py"], "the installed modeling_moe_audio.py is still 0.1.0's"
-    shown = subprocess.run(["git", "show", "acfd25b:modeling_moe_audio/modeling_moe_audio.py"],
-                           cwd=OLD_CODE, capture_output=True)
-    if shown.returncode == 0:  # a clone with history: the fixture is exactly the release's file
-        assert shown.stdout == (OLD_CODE / "modeling_moe_audio.py").read_bytes()
+    for name in CODE_FILES:
+        shown = subprocess.run(["git", "show", f"acfd25b:modeling_moe_audio/{name}"], cwd=OLD_CODE, capture_output=True)
+        if shown.returncode == 0:  # a clone with history: the fixture is exactly the release's file
+            assert shown.stdout == (OLD_CODE / name).read_bytes(), name
 
 
 def test_old_checkpoint_crashes_on_transformers_5_24_and_runs_before(old_checkpoint, tmp_path):
