@@ -1,13 +1,29 @@
-"""Named configuration presets (the JSON files in the repository's `configuration/` folder)."""
+"""Named configuration presets (the JSON files in the repository's `configuration/` folder).
 
+The presets, the tiny tokenizer (`processing/tiny-tokenizer/`) and the model-card template (`model_card.md`) stay at
+the top of the repository; setup.cfg installs `configuration/` and `processing/` as the sub-packages
+`modeling_moe_audio.configuration` and `modeling_moe_audio.processing`, with `model_card.md` beside them. So the
+folder that holds `configuration/` holds the other two as well: the checkout in an editable install, the installed
+package in a `pip install .` or a wheel.
+"""
+
+from importlib.resources import files
 from pathlib import Path
 
 from .configuration_moe_audio import MoEAudioConfig
 
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configuration"
+try:
+    RESOURCES = Path(files("modeling_moe_audio.configuration")).resolve().parent
+except ModuleNotFoundError as error:
+    raise ImportError(
+        "modeling_moe_audio's presets (package data) are missing: install the package, `pip install -e .` in a "
+        "checkout or `pip install moe-audio`, rather than putting the checkout on PYTHONPATH."
+    ) from error
+PRESETS_DIR = RESOURCES / "configuration"
+MODEL_CARD_TEMPLATE = RESOURCES / "model_card.md"
 # Presets whose tokenizer ships with the repository (see processing/build_tiny_tokenizer.py).
-TINY_TOKENIZER = Path(__file__).resolve().parent.parent / "processing" / "tiny-tokenizer"
+TINY_TOKENIZER = RESOURCES / "processing" / "tiny-tokenizer"
 SHIPPED_TOKENIZERS = {"tiny": TINY_TOKENIZER, "tiny-4s": TINY_TOKENIZER}
 
 
