@@ -7,10 +7,15 @@ folder that holds `configuration/` holds the other two as well: the checkout in 
 package in a `pip install .` or a wheel.
 """
 
+from __future__ import annotations
+
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .configuration_moe_audio import MoEAudioConfig
+
+if TYPE_CHECKING:
+    from .configuration_moe_audio import MoEAudioConfig
 
 
 try:
@@ -53,6 +58,9 @@ def shipped_tokenizer(name_or_path: str | Path) -> Path | None:
 
 def load_config(name_or_path: str | Path, **overrides) -> MoEAudioConfig:
     """A `MoEAudioConfig` from a JSON file path or a preset name such as `tiny` or `paper-moe`."""
+    # Not at module level: it imports torch and transformers, and `moe-audio --help` only lists the presets.
+    from . import MoEAudioConfig
+
     config = MoEAudioConfig.from_json_file(resolve_config_path(name_or_path))
     for key, value in overrides.items():
         setattr(config, key, value)
