@@ -127,6 +127,20 @@ class MoEAudioConfig(PreTrainedConfig):
             self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 
     @property
+    def _experts_implementation(self) -> str | None:
+        return self._experts_implementation_internal
+
+    @_experts_implementation.setter
+    def _experts_implementation(self, value: str | dict | None):
+        # `from_pretrained(..., experts_implementation="grouped_mm")` hands the request to every sub-config, and Whisper
+        # (or a dense LLM), having no experts, refuses it. The adapter's experts are the ones a plain string means; a
+        # dict still reaches a sub-config, e.g. {"": "grouped_mm", "text_config": "grouped_mm"} for an MoE LLM.
+        if isinstance(value, dict):
+            PreTrainedConfig._experts_implementation.fset(self, value)
+        else:
+            self._experts_implementation_internal = value
+
+    @property
     def stacked_audio_size(self) -> int:
         """Width of one stacked audio frame: the Whisper width times the stacking factor (5120 in the paper)."""
         return self.audio_config.d_model * self.frame_stacking_factor

@@ -14,10 +14,13 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.integrations import moe as transformers_moe
 from transformers.integrations.moe import ExpertsInterface, use_experts_implementation
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, MoeCausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
 
@@ -30,14 +33,11 @@ from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
 
 
 def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    inputs = inputs.to(weights.dtype)
-    if weights.dtype in (torch.float32, torch.bfloat16, torch.float16):
-        grouped_mm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
-        return grouped_mm(inputs, weights, offs=offsets)
-    # torch's grouped_mm has no float64 kernel: the same product, one matmul per group.
-    ends = offsets.tolist()
-    starts = [0] + ends[:-1]
-    return torch.cat([inputs[start:end] @ weights[group] for group, (start, end) in enumerate(zip(starts, ends))])
+    """transformers' grouped matmul: torch's kernel where it runs, else the library's fallback operator (torch.compile
+    takes torch's kernel in bf16 only, and torch has no float64 kernel)."""
+    if weights.dtype == torch.float64:
+        return torch.ops.transformers.grouped_mm_fallback(inputs.to(weights.dtype), weights, offs=offsets)
+    return transformers_moe._grouped_mm(inputs, weights, offs=offsets)
 
 
 def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
@@ -255,6 +255,20 @@ def router_z_loss_func(router_logits: torch.Tensor) -> torch.Tensor:
 # Models
 # ---------------------------------------------------------------------------------------------------------------
 
+# transformers 5.24 renamed the cache `past_key_values` to `cache`, as an argument and as an output field. This file
+# travels with checkpoints and must run on both sides of the rename: the cache reaches the language model through
+# `**kwargs` under the installed version's name, whichever of the two the caller used, and comes back under that name.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+OTHER_CACHE_NAME = "past_key_values" if CACHE_FIELD == "cache" else "cache"
+
+
+def _cache_under_installed_name(kwargs: dict) -> dict:
+    if OTHER_CACHE_NAME in kwargs:
+        if kwargs.get(CACHE_FIELD) is not None:
+            raise ValueError(f"Both `{CACHE_FIELD}` and `{OTHER_CACHE_NAME}` were given: pass the cache once.")
+        kwargs[CACHE_FIELD] = kwargs.pop(OTHER_CACHE_NAME)
+    return kwargs
+
 
 @dataclass
 class MoEAudioFeaturesOutput(BaseModelOutputWithPooling):
@@ -292,21 +306,15 @@ class MoEAudioModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class MoEAudioCausalLMOutputWithPast(ModelOutput):
+class MoEAudioCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor`): next-token loss + router_aux_loss_coef * aux_loss (+ router_z_loss_coef * z-loss).
-    Other fields as in [`MoEAudioModelOutputWithPast`].
+    aux_loss, router_logits: as in [`MoEAudioModelOutputWithPast`] (one tensor for the adapter's single router).
+    router_z_loss, audio_hidden_states, selected_experts: as in [`MoEAudioModelOutputWithPast`].
     """
 
-    loss: torch.FloatTensor | None = None
-    aux_loss: torch.FloatTensor | None = None
     router_z_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     audio_hidden_states: torch.FloatTensor | None = None
-    router_logits: torch.FloatTensor | None = None
     selected_experts: torch.LongTensor | None = None
 
 
@@ -317,7 +325,6 @@ class MoEAudioPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["MoEAudioFrontend", "DenseAdapter", "MoEAdapter"]
-    _skip_keys_device_placement = "past_key_values"
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -383,7 +390,9 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             `router_logits` and `selected_experts` are `None` for the dense adapter.
         """
         stack = self.config.frame_stacking_factor
-        encoded = self.audio_tower(input_features).last_hidden_state
+        # The processor gives float32 features; a model loaded in bf16 or fp16 takes them in its own dtype.
+        input_features = input_features.to(self.audio_tower.device, self.audio_tower.dtype)
+        encoded = self.audio_tower(input_features).last_hidden_state  # (windows, encoder_frames, d_model)
         num_windows, num_frames, width = encoded.shape
         stacked = encoded.reshape(num_windows, num_frames // stack, width * stack)
 
@@ -441,6 +450,7 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             )
         return placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -449,12 +459,13 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
         semantic_audio_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MoEAudioModelOutputWithPast:
+        """Audio embeddings replace the placeholders, then the language model runs; `kwargs` go to the language model,
+        the cache among them (`cache`, or `past_key_values`, its name before transformers 5.24)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if output_router_logits is None:
@@ -479,13 +490,11 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
-            **kwargs,
+            **_cache_under_installed_name(kwargs),
         )
         return MoEAudioModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             audio_hidden_states=audio_embeds,
@@ -493,6 +502,7 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             router_z_loss=router_z_loss,
             router_logits=router_logits if output_router_logits else None,
             selected_experts=selected_experts if output_router_logits else None,
+            **{CACHE_FIELD: outputs.get(CACHE_FIELD)},
         )
 
 
@@ -536,6 +546,7 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
         local_items = (labels[..., 1:] != -100).sum()
         return local_items.to(torch.float32) / torch.as_tensor(num_items_in_batch, device=labels.device)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -544,14 +555,14 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
         semantic_audio_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MoEAudioCausalLMOutputWithPast:
+        """[`MoEAudioModel.forward`], then the logits and, with `labels`, the loss of eq. 6."""
         outputs = self.model(
             input_ids=input_ids,
             input_features=input_features,
@@ -559,15 +570,12 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
             semantic_audio_ids=semantic_audio_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_router_logits=output_router_logits,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, kept, :])
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
 
         loss = None
         if labels is not None:
@@ -584,12 +592,12 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
             aux_loss=outputs.aux_loss,
             router_z_loss=outputs.router_z_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             audio_hidden_states=outputs.audio_hidden_states,
             router_logits=outputs.router_logits,
             selected_experts=outputs.selected_experts,
+            **{CACHE_FIELD: outputs.get(CACHE_FIELD)},
         )
 
 

@@ -123,6 +123,10 @@ class MoEAudioProcessor(ProcessorMixin):
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
         self.frame_stacking_factor = frame_stacking_factor
         self.max_audio_seconds = max_audio_seconds
+        # A tokenizer called once with padding_side="right" (as for training) saves that side into tokenizer.json and
+        # comes back padding on the right, which breaks batched `generate`; this processor pads on the left unless a
+        # call asks otherwise.
+        tokenizer.padding_side = "left"
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
 
     @property
@@ -206,7 +210,10 @@ class MoEAudioProcessor(ProcessorMixin):
             starts = range(0, clip.shape[0], self.window_samples)
             windows.extend(clip[start : start + self.window_samples] for start in starts)
             windows_per_clip.append(len(starts))
-        features = self.feature_extractor(windows, **{**kwargs, "return_tensors": "pt"})
+        # Whisper takes full windows only: `padding=True` (meant for the text) or a text `max_length` must not shorten
+        # them; the mask marks the real frames.
+        full_windows = {"padding": "max_length", "max_length": self.window_samples, "pad_to_multiple_of": None}
+        features = self.feature_extractor(windows, **{**kwargs, **full_windows, "return_tensors": "pt"})
         mask = features.pop("attention_mask")
         tokens_per_window = num_audio_tokens(mask.sum(-1), self.frame_stacking_factor)
         tokens_per_clip = [int(n.sum()) for n in torch.split(tokens_per_window, windows_per_clip)]
