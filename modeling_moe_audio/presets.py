@@ -22,8 +22,8 @@ try:
     RESOURCES = Path(files("modeling_moe_audio.configuration")).resolve().parent
 except ModuleNotFoundError as error:
     raise ImportError(
-        "modeling_moe_audio's presets (package data) are missing: install the package, `pip install -e .` in a "
-        "checkout or `pip install moe-audio`, rather than putting the checkout on PYTHONPATH."
+        "modeling_moe_audio's presets (package data) are missing: install the package (`pip install -e .` or "
+        "`pip install .` in a checkout) rather than putting the checkout on PYTHONPATH."
     ) from error
 PRESETS_DIR = RESOURCES / "configuration"
 MODEL_CARD_TEMPLATE = RESOURCES / "model_card.md"
