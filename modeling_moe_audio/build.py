@@ -5,10 +5,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
-from .configuration_moe_audio import MoEAudioConfig
+# Through the package, which registers the classes: save_pretrained then copies the code files.
+from . import MoEAudioConfig, MoEAudioForCausalLM, MoEAudioProcessor
 from .model_card import write_model_card
-from .modeling_moe_audio import MoEAudioForCausalLM
-from .processing_moe_audio import MoEAudioProcessor
 
 
 def new_processor(config: MoEAudioConfig, tokenizer) -> MoEAudioProcessor:

@@ -7,9 +7,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_moe_audio import MoEAudioConfig
 from .parameters import count_parameters
+from .presets import MODEL_CARD_TEMPLATE as TEMPLATE
 
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 DEFAULT_LIMITATIONS = (
     "A research model: it answers only as well as its training data allows, in the languages and audio domains "
     "of that data. Clips longer than the processor's `max_audio_seconds` are rejected, not truncated. Outputs "

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
+# Through the package, which registers the classes: save_pretrained then copies the code files.
+from . import MoEAudioConfig, MoEAudioForCausalLM
 from .build import check_output_dir
-from .configuration_moe_audio import MoEAudioConfig
 from .model_card import write_model_card
-from .modeling_moe_audio import MoEAudioForCausalLM
 
 
 def upcycled_config(dense_config: MoEAudioConfig, num_experts: int, top_k: int, shared: int) -> MoEAudioConfig:
