@@ -2,7 +2,7 @@
 `moe-audio update-code CHECKPOINT`.
 
 A checkpoint carries the three code files of the moe-audio that wrote it, and `trust_remote_code=True` runs those,
-whatever version of moe-audio is installed. So checkpoints written by 0.1.0 crash on transformers >= 5.24
+whatever version of moe-audio is installed. So checkpoints written by 0.1.0 crash on transformers 5.24
 (`unexpected keyword argument 'cache'`) until their code files are replaced. This replaces them with the installed
 package's and completes the `auto_map` entries that point the Auto classes at them; it never writes a weight file
 (checked by hashing every `*.safetensors` beside config.json before and after), keeps the replaced files in a

@@ -67,7 +67,7 @@ def checkpoint_files(folder: str | Path) -> tuple[list[str], list[str]]:
     outdated = outdated_code_files(folder)
     if outdated:
         # Publishing other code than the installed one would spread checkpoints that may not run (0.1.0's crash on
-        # transformers >= 5.24); update-code replaces them and proves the logits unchanged, which a push cannot.
+        # transformers 5.24); update-code replaces them and proves the logits unchanged, which a push cannot.
         raise ValueError(
             f"{folder} carries code files that differ from the installed moe-audio's ({', '.join(outdated)}), "
             f"e.g. those of an older version; only current code is published. Bring them up to date with "
