@@ -4,7 +4,7 @@ import re
 
 import torch
 
-from .data import decode_audio_item
+from .data.audio import decode_audio_item
 
 
 def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int = 8) -> list[str]:

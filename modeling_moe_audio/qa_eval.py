@@ -80,8 +80,8 @@ import soundfile
 import torch
 from tqdm.auto import tqdm
 
-from .build import check_output_dir
-from .data import BadRowError, decode_audio_item
+from .output_dirs import check_output_dir
+from .data.audio import BadRowError, decode_audio_item
 from .evaluation import greedy_generate
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoProcessor, AutoTokenizer
 
 from modeling_moe_audio import MoEAudioForCausalLM, MoEAudioProcessor, load_audio
-from modeling_moe_audio.build import bind_processor, new_processor
+from modeling_moe_audio.checkpoints.build import bind_processor, new_processor
 from modeling_moe_audio.presets import SHIPPED_TOKENIZERS
 
 from conftest import tiny_config

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import torch
 
-from modeling_moe_audio.data import BadRowError
+from modeling_moe_audio.data.audio import BadRowError
 from modeling_moe_audio.qa_eval import (
     ChoiceAccuracy,
     QAItem,
@@ -392,7 +392,7 @@ def test_question_style_asks_the_bare_question_and_scores_option_words(tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from modeling_moe_audio.build import init_checkpoint
+    from modeling_moe_audio.checkpoints.build import init_checkpoint
     from modeling_moe_audio.presets import load_config, shipped_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-4s")

@@ -1,0 +1,34 @@
+"""`moe-audio upcycle DENSE_CHECKPOINT --output_dir DIR`: turn a dense-adapter checkpoint into an MoE-adapter one.
+
+`copy` (the default, `--shared 0`): every routed expert starts as a full copy of the dense MLP, so the MoE adapter
+computes exactly the dense one's output at initialisation. `--shared N`: the dense MLP's hidden units are split
+into a shared MLP of N units and the experts. See `modeling_moe_audio.checkpoints.upcycle`.
+"""
+
+from .common import command_parser, run
+
+
+def build_parser():
+    parser = command_parser("upcycle", __doc__)
+    parser.add_argument("dense_checkpoint", help="a checkpoint folder whose adapter is dense")
+    parser.add_argument("--output_dir", required=True, help="folder to write the MoE checkpoint to")
+    parser.add_argument("--num_experts", type=int, default=8, help="routed experts of the MoE adapter")
+    parser.add_argument("--top_k", type=int, default=4, help="experts each audio token is routed to")
+    parser.add_argument("--shared", type=int, default=0,
+                        help="hidden units of the dense MLP that go to the shared MLP (0: copy the MLP into every expert)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the router's random initialisation")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..checkpoints.upcycle import upcycle
+
+    args = build_parser().parse_args(argv)
+    run(upcycle, args.dense_checkpoint, args.output_dir, args.num_experts, args.top_k, args.shared, args.seed,
+        args.overwrite)
+    print(f"wrote the upcycled MoE model to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
