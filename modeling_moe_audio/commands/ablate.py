@@ -9,14 +9,15 @@ the same command again after an interruption and it finishes the rest. Writes `O
 """
 
 from ..presets import ABLATIONS
-from .common import command_parser, run
+from .common import add_seed, command_parser, run
 
 
 def build_parser():
     parser = command_parser("ablate", __doc__)
-    parser.add_argument("--output_dir", default="runs/ablate", help="folder for the corpus, checkpoints and tables")
+    parser.add_argument("--output_dir", default="runs/ablate",
+                        help="folder to write the corpus, checkpoints and tables to; an unfinished run there is resumed")
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and budget")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisation and the data order")
+    add_seed(parser, "the corpus, the initialisation and the data order")
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(ABLATIONS)} (default: all)")
     return parser
 

@@ -8,20 +8,19 @@ DATA is split in half per category.
 
 import json
 
-from .common import command_parser, run
+from .common import add_output_dir, command_parser, run
 
 
 def build_parser():
     parser = command_parser("analyze", __doc__)
     parser.add_argument("model", help="checkpoint folder or Hub id")
     parser.add_argument("data", help="JSONL manifest with a category column")
-    parser.add_argument("--output_dir", required=True, help="folder for analysis.json and the figures")
+    add_output_dir(parser, "analysis.json and the figures")
     parser.add_argument("--eval_data", help="manifest for the influence losses (default: half of DATA)")
     parser.add_argument("--category_key", default="category", help="the column that holds each row's category")
     parser.add_argument("--step_size", type=float, default=1e-2, help="lambda of eq. 12's normalised step")
     parser.add_argument("--limit", type=int, help="use only the first N rows of each manifest")
     parser.add_argument("--batch_size", type=int, default=16, help="rows per forward and backward pass")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
     return parser
 
 

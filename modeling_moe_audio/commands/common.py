@@ -4,11 +4,31 @@ Not a command: the commands import it, and nothing else in this folder.
 """
 
 import argparse
+import copy
 import sys
 
 
+DASHES = "Options are also accepted with dashes for underscores (--output-dir for --output_dir)."
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written (its examples keep their lines), each option's default after its help."""
+    """The module docstring as written (its examples keep their lines), each option's default after its help
+    (none after a flag, or where there is no default)."""
+
+    def _format_action_invocation(self, action):
+        # `--output_dir` only: its accepted twin `--output-dir` would double every line.
+        twins = {name for name in action.option_strings
+                 if name.startswith("--") and "--" + name[2:].replace("-", "_") in action.option_strings
+                 and "-" in name[2:]}
+        if twins:
+            action = copy.copy(action)
+            action.option_strings = [name for name in action.option_strings if name not in twins]
+        return super()._format_action_invocation(action)
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 # The errors a command expects from bad input: printed as one line. Anything else is a bug and keeps its traceback.
@@ -25,7 +45,20 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def command_parser(name: str, doc: str) -> CommandParser:
-    return CommandParser(prog=f"moe-audio {name}", description=doc, formatter_class=HelpFormatter)
+    return CommandParser(prog=f"moe-audio {name}", description=doc, formatter_class=HelpFormatter, epilog=DASHES)
+
+
+def add_output_dir(parser: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+    """`--output_dir` (where the command writes `what`) and `--overwrite`, the same for every command."""
+    if default is None:
+        parser.add_argument("--output_dir", required=True, help=f"folder to write {what} to")
+    else:
+        parser.add_argument("--output_dir", default=default, help=f"folder to write {what} to")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
+
+
+def add_seed(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of {what}")
 
 
 def run(function, *args, **kwargs):

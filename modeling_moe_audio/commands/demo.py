@@ -9,15 +9,14 @@ checkpoints (`OUTPUT/moe`, `OUTPUT/dense`, loadable with `trust_remote_code=True
 
 import time
 
-from .common import command_parser, run
+from .common import add_output_dir, add_seed, command_parser, run
 
 
 def build_parser():
     parser = command_parser("demo", __doc__)
-    parser.add_argument("--output_dir", default="runs/demo", help="folder for the corpus, checkpoints and results")
+    add_output_dir(parser, "the corpus, checkpoints and results", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="a smaller corpus and budget (a smoke test)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisation and the data order")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
+    add_seed(parser, "the corpus, the initialisation and the data order")
     return parser
 
 

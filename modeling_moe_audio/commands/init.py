@@ -8,7 +8,7 @@ the Whisper encoder are loaded from those checkpoints and only the frontend and 
 """
 
 from ..presets import available_presets
-from .common import command_parser, run
+from .common import add_output_dir, add_seed, command_parser, run
 
 
 def build_parser():
@@ -18,10 +18,9 @@ def build_parser():
                         "the adapter (default there: paper-moe)")
     parser.add_argument("--llm", help="a causal LM checkpoint (folder or Hub id), e.g. Qwen/Qwen3-1.7B")
     parser.add_argument("--audio_encoder", help="a Whisper checkpoint (folder or Hub id) whose encoder is used")
-    parser.add_argument("--output_dir", required=True, help="folder to write the checkpoint to")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
+    add_output_dir(parser, "the checkpoint")
     parser.add_argument("--tokenizer", help="tokenizer folder for the processor (default: the preset's own, if any)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    add_seed(parser, "the random initialisation")
     return parser
 
 

@@ -15,7 +15,7 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .common import HelpFormatter
+from .common import DASHES, HelpFormatter
 
 from ..training.trainer import PAPER_DEFAULTS, MoEAudioTrainArguments, train
 
@@ -36,7 +36,7 @@ def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
         prog="moe-audio train",
         usage="moe-audio train --model DIR --train_data FILE --output_dir DIR [options]",
         description=__doc__,
-        epilog="--help-all lists every TrainingArguments flag.",
+        epilog=f"--help-all lists every TrainingArguments flag. {DASHES}",
         formatter_class=HelpFormatter,
     )
     parser.set_defaults(**PAPER_DEFAULTS)

@@ -5,19 +5,18 @@ computes exactly the dense one's output at initialisation. `--shared N`: the den
 into a shared MLP of N units and the experts. See `modeling_moe_audio.checkpoints.upcycle`.
 """
 
-from .common import command_parser, run
+from .common import add_output_dir, add_seed, command_parser, run
 
 
 def build_parser():
     parser = command_parser("upcycle", __doc__)
     parser.add_argument("dense_checkpoint", help="a checkpoint folder whose adapter is dense")
-    parser.add_argument("--output_dir", required=True, help="folder to write the MoE checkpoint to")
+    add_output_dir(parser, "the MoE checkpoint")
     parser.add_argument("--num_experts", type=int, default=8, help="routed experts of the MoE adapter")
     parser.add_argument("--top_k", type=int, default=4, help="experts each audio token is routed to")
     parser.add_argument("--shared", type=int, default=0,
                         help="hidden units of the dense MLP that go to the shared MLP (0: copy the MLP into every expert)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the router's random initialisation")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
+    add_seed(parser, "the router's random initialisation")
     return parser
 
 
