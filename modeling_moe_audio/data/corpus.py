@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..output_dirs import check_output_dir
-
 
 SAMPLE_RATE = 16_000
 CATEGORIES = ("speech", "music", "sound")
@@ -538,6 +536,8 @@ def _manifest_row(example: CorpusExample, audio_path: str) -> dict:
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     """The folder guard; with `overwrite`, remove only the files a corpus writes, so stale clips of a bigger earlier
     corpus do not sit beside the new manifests."""
+    from ..output_dirs import check_output_dir  # here: generating needs nothing but numpy, even outside the package
+
     check_output_dir(output_dir, overwrite)
     if overwrite and output_dir.is_dir():
         for split in SPLITS:
