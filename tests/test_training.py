@@ -240,12 +240,23 @@ def test_train_refuses_to_overwrite_a_saved_run(checkpoint, corpus, tmp_path):
     output = tmp_path / "run"
     train_into(output)
     saved = (output / "model.safetensors").read_bytes()
+    card = (output / "README.md").read_text()
+    assert "(warmup_stable_decay)" in card and "SchedulerType" not in card  # the scheduler's name, not its enum
     with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
         train_into(output)
     assert (output / "model.safetensors").read_bytes() == saved
     train_into(output, "--resume_from_checkpoint", str(output / "checkpoint-1"))  # continuing the run is allowed
     train_into(output, "--overwrite", "--max_steps", "2")
     assert (output / "model.safetensors").read_bytes() != saved
+
+    # Resuming another folder's run does not lift the guard, and a folder of the user's own files is refused too.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("my notes")
+    with pytest.raises(SystemExit, match="is not empty"):
+        train_into(other, "--resume_from_checkpoint", str(output / "checkpoint-1"))
+    assert sorted(path.name for path in other.iterdir()) == ["README.md"]
+    assert (other / "README.md").read_text() == "my notes"
 
 
 def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
