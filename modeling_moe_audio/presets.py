@@ -10,6 +10,9 @@ package in a `pip install .` or a wheel.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,8 +97,25 @@ def load_config(name_or_path: str | Path, **overrides) -> MoEAudioConfig:
     name = str(name_or_path)
     if name.startswith(ABLATION_PREFIX) and not Path(name).is_file():
         return ablation_config(name.removeprefix(ABLATION_PREFIX), **overrides)
-    config = MoEAudioConfig.from_json_file(resolve_config_path(name_or_path))
+    path = resolve_config_path(name_or_path)
+    try:
+        config_dict = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a valid JSON file ({error}); fix it or pass a preset name.") from None
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{path} holds a JSON {type(config_dict).__name__}, not an object of config fields.")
+    model_type = config_dict.pop("model_type", MoEAudioConfig.model_type)
+    if model_type != MoEAudioConfig.model_type:
+        raise ValueError(
+            f"{path} is a {model_type!r} config, not a moe-audio one (model_type {MoEAudioConfig.model_type!r}); pass "
+            f"it as the text or audio part instead (`init --llm` / `--audio_encoder`), or a moe-audio preset."
+        )
+    config = MoEAudioConfig.from_dict(config_dict)
+    fields = [field.name for field in dataclasses.fields(config)]
     for key, value in overrides.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            raise ValueError(f"{key!r} is not a MoEAudioConfig field" + (f"; did you mean {near[0]!r}?" if near else "."))
         setattr(config, key, value)
     if overrides:
         config.validate_architecture()

@@ -146,13 +146,18 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final_loss = f", last logged training loss {losses[-1]:.4f}" if losses else ""
     return (
-        f"Trained with `moe-audio train` from `{script_args.model}`: stage `{script_args.stage}`"
+        f"Trained with `moe-audio train` from `{_public_name(script_args.model)}`: stage `{script_args.stage}`"
         f"{' with the encoder' if script_args.train_encoder else ''}, {trainer.state.global_step} optimizer steps "
         f"on {len(trainer.train_dataset)} examples of `{Path(script_args.train_data).name}`, learning rate "
         f"{trainer.args.learning_rate} ({_scheduler_name(trainer.args.lr_scheduler_type)}), AdamW betas ({trainer.args.adam_beta1}, "
         f"{trainer.args.adam_beta2}){final_loss}."
         + (f" Validation loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else "")
     )
+
+
+def _public_name(model: str) -> str:
+    """A Hub id as it is; a local folder by its name only (its path is private)."""
+    return Path(model).resolve().name if Path(model).exists() else model
 
 
 def _scheduler_name(scheduler) -> str:
