@@ -1,0 +1,183 @@
+"""The bad-input matrix: each row an input a careless or hostile user can give, and what it must get: accepted with
+a stated result, or an error whose message names the problem. Grouped by area; `README.md` ("What bad input gets")
+summarises it."""
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from modeling_moe_audio import MoEAudioConfig
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.hub.publish import checkpoint_files, card_for_repo, without_local_paths
+from modeling_moe_audio.presets import load_config, shipped_tokenizer
+
+
+@dataclass
+class Row:
+    name: str
+    run: Callable  # (tmp_path, fixtures) -> result
+    error: type | None = None  # None: the input is accepted
+    message: str = ""  # a substring of the error message; for an accepted input, see `check`
+    check: Callable | None = None  # for an accepted input: an assertion on the result
+
+
+def cases(rows: list[Row]):
+    return pytest.mark.parametrize("row", rows, ids=[row.name for row in rows])
+
+
+def play(row: Row, *args):
+    if row.error is None:
+        result = row.run(*args)
+        if row.check is not None:
+            assert row.check(result), f"{row.name}: unexpected result {result!r}"
+        return
+    with pytest.raises(row.error) as raised:
+        row.run(*args)
+    assert row.message.lower() in str(raised.value).lower(), f"{row.name}: {raised.value}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def config_with(**changes):
+    values = load_config("tiny").to_dict()
+    values.update(changes)
+    return MoEAudioConfig.from_dict(values)
+
+
+def preset_file(tmp_path, text):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return load_config(path)
+
+
+TINY_EOS = 2  # the tiny tokenizer's <|im_end|>, its eos
+CONFIG_ROWS = [
+    Row("NaN aux-loss coefficient", lambda _: config_with(router_aux_loss_coef=math.nan), Exception, "router_aux_loss_coef=nan"),
+    Row("infinite aux-loss coefficient", lambda _: config_with(router_aux_loss_coef=math.inf), Exception, "router_aux_loss_coef=inf"),
+    Row("negative aux-loss coefficient", lambda _: config_with(router_aux_loss_coef=-0.1), Exception, "must be >= 0"),
+    Row("NaN z-loss coefficient", lambda _: config_with(router_z_loss_coef=math.nan), Exception, "router_z_loss_coef"),
+    Row("infinite jitter", lambda _: config_with(router_jitter_noise=math.inf), Exception, "router_jitter_noise"),
+    Row("negative LayerNorm eps", lambda _: config_with(adapter_layer_norm_eps=-1e-5), Exception, "adapter_layer_norm_eps"),
+    Row("zero LayerNorm eps", lambda _: config_with(adapter_layer_norm_eps=0.0), Exception, "adapter_layer_norm_eps"),
+    Row("NaN initializer range", lambda _: config_with(initializer_range=math.nan), Exception, "initializer_range"),
+    Row("audio token id = eos", lambda _: config_with(audio_token_id=TINY_EOS, text_config={
+        **load_config("tiny").text_config.to_dict(), "eos_token_id": TINY_EOS}), Exception, "eos_token_id"),
+    Row("audio token id = bos", lambda _: config_with(audio_token_id=1, text_config={
+        **load_config("tiny").text_config.to_dict(), "bos_token_id": 1}), Exception, "bos_token_id"),
+    Row("audio token id = audio start id", lambda _: config_with(audio_start_token_id=load_config("tiny").audio_token_id),
+        Exception, "audio_start_token_id"),
+    Row("audio token id outside the vocabulary", lambda _: config_with(audio_token_id=10**7), Exception, "outside the language model's vocabulary"),
+    Row("typo num_expert for num_experts", lambda _: config_with(num_expert=16), ValueError, "did you mean 'num_experts'"),
+    Row("typo router_aux_loss_coeff", lambda _: config_with(router_aux_loss_coeff=0.1), ValueError, "did you mean 'router_aux_loss_coef'"),
+    Row("typo override to load_config", lambda _: load_config("tiny", num_expert=16), ValueError, "did you mean 'num_experts'"),
+    Row("library key kept (transformers_version)", lambda _: config_with(transformers_version="5.24.0"),
+        check=lambda config: config.transformers_version == "5.24.0"),
+    Row("JSON integer for a float field", lambda _: config_with(router_aux_loss_coef=0, adapter_layer_norm_eps=1),
+        check=lambda config: isinstance(config.router_aux_loss_coef, float) and config.router_aux_loss_coef == 0.0),
+    Row("string for an int field", lambda _: config_with(num_experts="8"), Exception, "num_experts"),
+    Row("top-k above the expert count", lambda _: config_with(num_experts_per_tok=9), Exception, "num_experts_per_tok=9"),
+    Row("zero experts", lambda _: config_with(num_experts=0), Exception, "num_experts=0"),
+    Row("unknown adapter type", lambda _: config_with(adapter_type="sparse"), Exception, "adapter_type='sparse'"),
+    Row("preset of another model type", lambda tmp: preset_file(tmp, json.dumps({"model_type": "qwen3"})), ValueError, "is a 'qwen3' config"),
+    Row("malformed --config JSON names the file", lambda tmp: preset_file(tmp, "{not json"), ValueError, "config.json is not a valid JSON"),
+    Row("--config JSON list", lambda tmp: preset_file(tmp, "[1, 2]"), ValueError, "not an object"),
+    Row("unknown preset name", lambda _: load_config("tiny-typo"), FileNotFoundError, "one of the presets"),
+    Row("unknown ablation", lambda _: load_config("ablation-3-choose-9"), ValueError, "Unknown ablation"),
+]
+
+
+@cases(CONFIG_ROWS)
+def test_configuration(row, tmp_path):
+    play(row, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What `push` publishes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("push") / "tiny"
+    init_checkpoint(load_config("tiny-4s"), folder, tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
+    return folder
+
+
+def folder_with(extra: Callable[[Path], None]):
+    def run(tmp_path, checkpoint):
+        folder = Path(shutil.copytree(checkpoint, tmp_path / "folder"))
+        extra(folder)
+        return checkpoint_files(folder)
+    return run
+
+
+def write(name, content=b"x"):
+    def add(folder):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return add
+
+
+def pickle_renamed_safetensors(folder):
+    (folder / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(2)}, folder / "model.safetensors")
+
+
+def link_outside(folder):
+    secret = folder.parent / "secret.txt"
+    secret.write_text("token")
+    os.symlink(secret, folder / "tokenizer_config.json.bak")
+
+
+def link_weights_outside(folder):
+    target = folder.parent / "weights-elsewhere.safetensors"
+    shutil.move(folder / "model.safetensors", target)
+    os.symlink(target, folder / "model.safetensors")
+
+
+PUSH_ROWS = [
+    Row(".env file", folder_with(write(".env", b"HF_TOKEN=hf_secret")), ValueError, ".env (not part of a model repository)"),
+    Row("data.pickle", folder_with(write("data.pickle")), ValueError, "data.pickle"),
+    Row("model.joblib", folder_with(write("model.joblib")), ValueError, "model.joblib"),
+    Row("weights.pt.gz", folder_with(write("weights.pt.gz")), ValueError, "weights.pt.gz"),
+    Row("pytorch_model.bin", folder_with(write("pytorch_model.bin")), ValueError, "holds pickle files (pytorch_model.bin)"),
+    Row("pickle renamed model.safetensors", folder_with(pickle_renamed_safetensors), ValueError, "not a safetensors file"),
+    Row("empty model.safetensors", folder_with(write("model.safetensors", b"")), ValueError, "not a safetensors file"),
+    Row("link to a file outside the folder", folder_with(link_outside), ValueError, "outside the folder"),
+    Row("weights linked from outside the folder", folder_with(link_weights_outside), ValueError, "outside the folder"),
+    Row("notes in a subfolder", folder_with(write("notes/todo.txt")), ValueError, "notes/todo.txt"),
+    Row("a stray JSON file", folder_with(write("secrets.json", b"{}")), ValueError, "secrets.json"),
+    Row("TensorBoard events are left out", folder_with(write("runs/Dec01/events.out.tfevents.1.host")),
+        check=lambda result: "runs/Dec01/events.out.tfevents.1.host" in result[1] and all("runs/" not in p for p in result[0])),
+    Row("checkpoint folders are left out", folder_with(write("checkpoint-5/optimizer.pt")),
+        check=lambda result: result[1] == ["checkpoint-5/optimizer.pt"]),
+    Row("update-code backups are left out", folder_with(write("code-backup-20261201/config.json", b"{}")),
+        check=lambda result: result[1] == ["code-backup-20261201/config.json"]),
+    Row("a clean checkpoint uploads its files", folder_with(lambda folder: None),
+        check=lambda result: "model.safetensors" in result[0] and "config.json" in result[0] and not result[1]),
+]
+
+
+@cases(PUSH_ROWS)
+def test_push_contents(row, tmp_path, saved_checkpoint):
+    play(row, tmp_path, saved_checkpoint)
+
+
+def test_push_cuts_local_paths_and_names_the_repo_in_the_card(tmp_path, saved_checkpoint):
+    link = tmp_path / "linked"
+    os.symlink(saved_checkpoint, link)
+    for given in (link, Path(os.path.relpath(saved_checkpoint)), saved_checkpoint):
+        card = card_for_repo(given, "you/tiny")
+        assert 'from_pretrained("you/tiny"' in card and str(saved_checkpoint) not in card
+    summary = f"Trained from `{saved_checkpoint}` on `/home/me/data/train.jsonl`, see ~/notes/run.md."
+    assert without_local_paths(summary) == "Trained from `tiny` on `train.jsonl`, see run.md."
