@@ -181,3 +181,97 @@ def test_push_cuts_local_paths_and_names_the_repo_in_the_card(tmp_path, saved_ch
         assert 'from_pretrained("you/tiny"' in card and str(saved_checkpoint) not in card
     summary = f"Trained from `{saved_checkpoint}` on `/home/me/data/train.jsonl`, see ~/notes/run.md."
     assert without_local_paths(summary) == "Trained from `tiny` on `train.jsonl`, see run.md."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The processor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from transformers import AutoTokenizer
+
+    from modeling_moe_audio.checkpoints.build import new_processor
+    from modeling_moe_audio.presets import TINY_TOKENIZER
+
+    return new_processor(load_config("tiny"), AutoTokenizer.from_pretrained(TINY_TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    import numpy as np
+    import soundfile
+
+    path = tmp_path_factory.mktemp("audio") / "one-second.wav"
+    soundfile.write(path, (np.random.default_rng(0).standard_normal(16000) * 0.1).astype("float32"), 16000)
+    return path
+
+
+def chat(block):
+    return [{"role": "user", "content": [block, {"type": "text", "text": "What is it?"}]}]
+
+
+def tokenized(processor, conversation, **kwargs):
+    return processor.apply_chat_template(conversation, tokenize=True, return_dict=True, **kwargs)
+
+
+def samples(seconds=1.0, value=None, rate=16000):
+    import numpy as np
+
+    if value is not None:
+        return np.full(int(seconds * rate), value, dtype=np.float32)
+    return (np.random.default_rng(1).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
+
+
+def audio_tokens(processor):
+    return lambda inputs: int((inputs["input_ids"] == processor.audio_token_id).sum()) > 0
+
+
+PROCESSOR_ROWS = [
+    Row("array in a conversation without a sampling rate",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples(1.0, rate=22050)})), ValueError, "no sampling rate"),
+    Row("22.05 kHz array in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples(1.0, rate=22050), "sampling_rate": 22050})),
+        ValueError, "sampled at 22050 Hz"),
+    Row("16 kHz array with its rate in the block",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples(), "sampling_rate": 16000})),
+        check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("16 kHz array with the rate for the whole call",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples()}), processor_kwargs={"sampling_rate": 16000}),
+        check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("missing file under 'audio' in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": str(w.parent / "missing.wav")})), FileNotFoundError, "missing.wav"),
+    Row("missing file under 'path' in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "path": str(w.parent / "missing.wav")})), FileNotFoundError, "does not exist"),
+    Row("a folder as an audio path in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "path": str(w.parent)})), IsADirectoryError, "is a folder"),
+    Row("a folder as an audio path to processor()",
+        lambda p, w: p(text="<|audio_pad|>", audio=[str(w.parent)]), IsADirectoryError, "is a folder"),
+    Row("an empty conversation", lambda p, w: tokenized(p, []), ValueError, "conversation is empty"),
+    Row("huge amplitude (1e30)",
+        lambda p, w: p(text="<|audio_pad|> and <|audio_pad|>", audio=[samples(), samples(value=1e30)], sampling_rate=16000), ValueError,
+        "Audio 1 gives non-finite"),
+    Row("NaN samples", lambda p, w: p(text="<|audio_pad|>", audio=[samples(value=float("nan"))], sampling_rate=16000),
+        ValueError, "NaN or infinite"),
+    Row("sampling_rate as a string", lambda p, w: p(text="<|audio_pad|>", audio=[samples()], sampling_rate="16000"),
+        TypeError, "whole number of Hz"),
+    Row("sampling_rate 44100 for arrays", lambda p, w: p(text="<|audio_pad|>", audio=[samples()], sampling_rate=44100),
+        ValueError, "44100 Hz"),
+    Row("arrays without sampling_rate", lambda p, w: p(text="<|audio_pad|>", audio=[samples()]), ValueError, "Pass `sampling_rate`"),
+    Row("sampling_rate 16000.0 (a whole float)", lambda p, w: p(text="<|audio_pad|>", audio=[samples()], sampling_rate=16000.0),
+        check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("one 2-D array for a batch", lambda p, w: p(text="<|audio_pad|>", audio=samples().reshape(2, -1), sampling_rate=16000),
+        ValueError, "2-D array"),
+    Row("an empty clip", lambda p, w: p(text="<|audio_pad|>", audio=[samples(0.0)], sampling_rate=16000), ValueError, "empty"),
+    Row("integer dtype other than int16/int32",
+        lambda p, w: p(text="<|audio_pad|>", audio=[samples().astype("int8")], sampling_rate=16000), TypeError, "dtype int8"),
+    Row("a wav file path", lambda p, w: p(text="<|audio_pad|>", audio=[str(w)]), check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("a clip over max_audio_seconds",
+        lambda p, w: p(text="<|audio_pad|>", audio=[samples(601.0, value=0.0)], sampling_rate=16000), ValueError, "max_audio_seconds"),
+]
+
+
+@cases(PROCESSOR_ROWS)
+def test_processor(row, processor, wav):
+    play(row, processor, wav)

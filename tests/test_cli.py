@@ -84,8 +84,8 @@ def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path):
         rng = np.random.default_rng(1)
         short, long = rng.standard_normal(16000 * 4) * 0.1, rng.standard_normal(16000 * 37) * 0.1
         conversations = [
-            [{{"role": "user", "content": [{{"type": "audio", "audio": short}}, {{"type": "text", "text": "and"}},
-                                          {{"type": "audio", "audio": long}}, {{"type": "text", "text": "Same?"}}]}}],
+            [{{"role": "user", "content": [{{"type": "audio", "audio": short, "sampling_rate": 16000}}, {{"type": "text", "text": "and"}},
+                                          {{"type": "audio", "audio": long, "sampling_rate": 16000}}, {{"type": "text", "text": "Same?"}}]}}],
             [{{"role": "user", "content": [{{"type": "audio", "path": {str(tmp_path / "clip.wav")!r}}},
                                           {{"type": "text", "text": "High or low?"}}]}}],
             [{{"role": "user", "content": "No audio in this one."}}],

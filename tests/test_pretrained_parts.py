@@ -104,7 +104,7 @@ def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
         model = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)
         processor = AutoProcessor.from_pretrained({str(output)!r}, trust_remote_code=True)
         audio = (np.random.default_rng(0).standard_normal(16000 * 6) * 0.1).astype(np.float32)
-        conversation = [{{"role": "user", "content": [{{"type": "audio", "audio": audio}},
+        conversation = [{{"role": "user", "content": [{{"type": "audio", "audio": audio, "sampling_rate": 16000}},
                                                       {{"type": "text", "text": "what is this ?"}}]}}]
         inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
                                                add_generation_prompt=True)

@@ -176,7 +176,7 @@ def test_semantic_ids_feed_a_model_with_the_discrete_stream(processor):
 
 CONVERSATION = [
     {"role": "system", "content": "You listen."},
-    {"role": "user", "content": [{"type": "audio", "audio": noise(1.0)}, {"type": "text", "text": "High or low?"}]},
+    {"role": "user", "content": [{"type": "audio", "audio": noise(1.0), "sampling_rate": 16000}, {"type": "text", "text": "High or low?"}]},
     {"role": "assistant", "content": [{"type": "text", "text": "high"}]},
 ]
 

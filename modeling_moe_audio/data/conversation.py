@@ -7,6 +7,7 @@ in the order it is heard. A row's `audio` column holds one item per audio block,
 
 from pathlib import Path
 
+from ..processing_moe_audio import SAMPLING_RATE
 from .audio import BadRowError, decode_audio_item
 
 
@@ -56,7 +57,7 @@ def decoded_chat(conversation: list[dict], audio_items: list, with_answer: bool 
         {
             "role": message["role"],
             "content": [
-                {"type": "audio", "audio": next(clips)} if block["type"] == "audio"
+                {"type": "audio", "audio": next(clips), "sampling_rate": SAMPLING_RATE} if block["type"] == "audio"
                 else {"type": "text", "text": block["text"]}
                 for block in message["content"]
             ],
