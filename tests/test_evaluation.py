@@ -1,5 +1,6 @@
-"""Multiple-choice audio QA evaluation: answer extraction, benchmark loaders, scoring with `evaluate`, the modality
-gap, the text-only path (no audio reaches the model) and the `moe-audio evaluate` entry point."""
+"""Multiple-choice audio QA evaluation (`modeling_moe_audio.evaluation`): answer extraction, benchmark loaders, the
+accuracy metric (`evaluate`), scoring, the modality gap, the text-only path (no audio reaches the model) and the
+`moe-audio evaluate` entry point (`modeling_moe_audio.commands.evaluate`)."""
 
 import json
 
@@ -8,9 +9,10 @@ import pytest
 import soundfile
 import torch
 
+from modeling_moe_audio.commands.evaluate import main
 from modeling_moe_audio.data.audio import BadRowError
-from modeling_moe_audio.qa_eval import (
-    ChoiceAccuracy,
+from modeling_moe_audio.evaluation import (
+    GroupedAccuracy,
     QAItem,
     build_conversation,
     build_prompt,
@@ -19,7 +21,6 @@ from modeling_moe_audio.qa_eval import (
     load_items,
     load_mmau,
     load_voicebench,
-    main,
     modality_gap,
     parse_options,
     write_report,
@@ -298,14 +299,17 @@ class ScriptedGenerator:
         return answers
 
 
-class CountingAccuracy(ChoiceAccuracy):
-    """ChoiceAccuracy that counts its `_compute` calls (reached only through `evaluate`'s `compute`)."""
+class RecordingAccuracy(GroupedAccuracy):
+    """Test double of the metric: GroupedAccuracy that records the inputs of its `_compute` calls (reached only
+    through `evaluate`'s `compute`)."""
 
-    calls = 0
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
 
-    def _compute(self, predictions, references):
-        CountingAccuracy.calls += 1
-        return super()._compute(predictions, references)
+    def _compute(self, predictions, references, groups, group_names=()):
+        self.calls.append({"predictions": predictions, "references": references, "group_names": list(group_names)})
+        return super()._compute(predictions, references, groups, group_names)
 
 
 def gap_items(tmp_path):
@@ -330,8 +334,7 @@ def test_accuracy_per_task_and_category_and_the_gap_with_scripted_answers(tmp_pa
     audio_answers = ["The answer is (A)", "A", "I don't know", "B. table", "A. heat", "light"]
     text_answers = ["A", "mars", "Answer: A", "B", "heat", "salt"]
     generator = ScriptedGenerator(items, audio_answers, text_answers)
-    CountingAccuracy.calls = 0
-    metric = CountingAccuracy(keep_in_memory=True)
+    metric = RecordingAccuracy(keep_in_memory=True)
     gap = modality_gap(None, None, items, batch_size=4, generate_fn=generator, metric=metric, progress=False)
 
     audio, text = gap["audio"], gap["text"]
@@ -348,8 +351,12 @@ def test_accuracy_per_task_and_category_and_the_gap_with_scripted_answers(tmp_pa
     assert gap["per_task"]["mmsu"]["gap"] == pytest.approx(-0.5)
     assert gap["per_task"]["openbookqa"]["gap"] == pytest.approx(+0.5)
     assert (gap["text_accuracy"], gap["audio_accuracy"]) == (text["accuracy"], audio["accuracy"])
-    # accuracy went through evaluate's compute: overall + 2 tasks + 5 categories + 2 benchmarks, per mode
-    assert CountingAccuracy.calls == 2 * (1 + 2 + 5 + 2)
+    # accuracy went through evaluate's compute: one computation per mode gives the overall figures and every
+    # breakdown (2 tasks, 5 categories, 2 benchmarks); no second count beside it
+    assert len(metric.calls) == 2
+    assert [call["group_names"] for call in metric.calls] == [["task", "category", "benchmark"]] * 2
+    assert metric.calls[0]["predictions"] == [0, 0, None, 1, 0, 1] and metric.calls[0]["references"] == [
+        0, 1, 0, 0, 0, 1]
     # the double saw the clip with the instruction in audio mode, and the spoken text without audio in text mode
     audio_calls, text_calls = generator.calls[:6], generator.calls[6:]
     assert all(c["audio"] == 1 and c["text"].startswith("Answer the question in the audio.") for c in audio_calls)
@@ -471,8 +478,8 @@ def test_text_only_path_gives_the_model_no_audio_and_the_audio_path_does(tmp_pat
 def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, capsys):
     data = write_voicebench(tmp_path, voicebench_rows(), name="openbookqa-dev.jsonl")
     out = tmp_path / "out"
-    main([str(tiny_checkpoint), str(data), "--out", str(out), "--text-only-gap", "--batch-size", "2",
-          "--max-new-tokens", "2", "--limit", "2", "--no-progress"])
+    main([str(tiny_checkpoint), str(data), "--output_dir", str(out), "--text_only_gap", "--batch_size", "2",
+          "--max_new_tokens", "2", "--limit", "2", "--no_progress"])
     results = json.loads((out / "results.json").read_text())
     assert (results["format"], results["evaluation"]["num_items"]) == ("voicebench", 2)
     assert set(results["evaluation"]["per_task"]) == {"openbookqa"}
@@ -485,15 +492,15 @@ def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, ca
     assert "wrote" in capsys.readouterr().out
     saved = (out / "results.json").read_bytes()
     with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
-        main([str(tiny_checkpoint), str(data), "--out", str(out), "--limit", "1", "--no-progress"])
+        main([str(tiny_checkpoint), str(data), "--output_dir", str(out), "--limit", "1", "--no_progress"])
     assert (out / "results.json").read_bytes() == saved
-    main([str(tiny_checkpoint), str(data), "--out", str(out), "--limit", "1", "--max-new-tokens", "2",
-          "--no-progress", "--overwrite"])
+    main([str(tiny_checkpoint), str(data), "--output_dir", str(out), "--limit", "1", "--max_new_tokens", "2",
+          "--no_progress", "--overwrite"])
     assert json.loads((out / "results.json").read_text())["evaluation"]["num_items"] == 1
 
     mmau = write_mmau(tmp_path)
     with pytest.raises(SystemExit, match="no item .* carries a text form"):
-        main([str(tiny_checkpoint), str(mmau), "--text-only-gap", "--out", str(tmp_path / "x")])
+        main([str(tiny_checkpoint), str(mmau), "--text_only_gap", "--output_dir", str(tmp_path / "x")])
     bad = write_mmau(tmp_path, [{**MMAU_ROWS[0], "answer": "horse"}], name="bad.json")
     with pytest.raises(SystemExit, match="item 1 .*not among the choices"):
-        main([str(tiny_checkpoint), str(bad), "--out", str(tmp_path / "y")])
+        main([str(tiny_checkpoint), str(bad), "--output_dir", str(tmp_path / "y")])
