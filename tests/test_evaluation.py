@@ -270,6 +270,87 @@ def test_bad_json_line_and_unknown_format(tmp_path):
         load_items(tmp_path / "nope.jsonl")
 
 
+# ------------------------------------------------------------------------------------------------- the metric
+
+# (prediction, reference, task, category): option indices; -1 and None are unanswered
+METRIC_TABLE = [
+    (1, 1, "sound", "Source"),
+    (0, 1, "sound", "Source"),
+    (None, 2, "sound", "Events"),
+    (2, 2, "music", "Genre"),
+    (-1, 0, "music", "Genre"),
+    (3, 3, "speech", "Emotion"),
+    (1, 0, "speech", "Emotion"),
+]
+
+
+def hand_counts(rows):
+    correct = sum(p is not None and p == r for p, r, *_ in rows)
+    answered = sum(p is not None and p != -1 for p, *_ in rows)
+    return {"accuracy": correct / len(rows), "num_items": len(rows), "correct": correct, "answered": answered}
+
+
+def test_metric_gives_accuracy_and_counts_overall_and_per_group_as_counted_by_hand():
+    predictions, references, tasks, categories = (list(column) for column in zip(*METRIC_TABLE))
+    result = GroupedAccuracy(keep_in_memory=True).compute(
+        predictions=predictions, references=references, groups=[list(pair) for pair in zip(tasks, categories)],
+        group_names=["task", "category"],
+    )
+    assert {key: result[key] for key in ("accuracy", "num_items", "correct", "answered")} == hand_counts(METRIC_TABLE)
+    assert (result["correct"], result["answered"], result["num_items"]) == (3, 5, 7)
+    for position, name in ((2, "task"), (3, "category")):
+        labels = sorted({row[position] for row in METRIC_TABLE})
+        assert list(result[f"per_{name}"]) == labels
+        for label in labels:
+            assert result[f"per_{name}"][label] == hand_counts([r for r in METRIC_TABLE if r[position] == label])
+    assert result["per_task"]["music"] == {"accuracy": 0.5, "num_items": 2, "correct": 1, "answered": 1}
+
+
+def test_metric_never_counts_an_unanswered_prediction_as_correct():
+    metric = GroupedAccuracy(keep_in_memory=True)
+    # -1 or None against every reference, including a reference the unanswered marker could be confused with
+    for unanswered in (-1, None):
+        result = metric.compute(predictions=[unanswered, unanswered], references=[0, 1], groups=[[], []])
+        assert (result["accuracy"], result["correct"], result["answered"]) == (0.0, 0, 0)
+    with pytest.raises(ValueError, match="reference must be a label >= 0"):
+        metric.compute(predictions=[-1], references=[-1], groups=[[]])
+
+
+def test_metric_on_no_items_is_a_clear_value_error():
+    from modeling_moe_audio.evaluation import compute_accuracy
+
+    with pytest.raises(ValueError, match="No predictions to score"):
+        GroupedAccuracy(keep_in_memory=True).compute(predictions=[], references=[], groups=[])
+    with pytest.raises(ValueError, match="No predictions to score"):
+        compute_accuracy([], [], {"task": []})
+    with pytest.raises(ValueError, match="one label per item"):
+        compute_accuracy([0, 1], [0, 1], {"task": ["sound"]})
+
+
+def corpus_row(category, answer):
+    return {"category": category, "conversation": [
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]}
+
+
+def test_score_answers_compares_first_words_through_the_metric():
+    from modeling_moe_audio.evaluation import first_word, normalize_text, score_answers
+
+    assert normalize_text("The Car-Horn, twice!") == "the car horn twice" and first_word("Speech, I think.") == "speech"
+    assert first_word("...") == "" and normalize_text("") == ""
+    rows = [corpus_row("speech", "male"), corpus_row("speech", "female"), corpus_row("music", "piano"),
+            corpus_row("sound", "dog"), corpus_row("sound", "rain")]
+    answers = ["Male.", "male voice", "PIANO, surely", "", "rain falling"]
+    metric = RecordingAccuracy(keep_in_memory=True)
+    scores = score_answers(rows, answers, group_key="category", metric=metric)
+    assert scores == {"overall": 3 / 5, "music": 1.0, "sound": 0.5, "speech": 0.5}
+    assert len(metric.calls) == 1 and metric.calls[0]["group_names"] == ["category"]
+    assert metric.calls[0]["predictions"][3] == -1  # no word: unanswered
+    with pytest.raises(ValueError, match="2 answers for 5 rows"):
+        score_answers(rows, answers[:2])
+
+
 # ------------------------------------------------------------------------------------- scoring with a test double
 
 
