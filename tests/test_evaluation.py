@@ -475,6 +475,26 @@ def test_question_style_asks_the_bare_question_and_scores_option_words(tmp_path)
     assert "## Accuracy (audio input, question prompt)" in markdown
 
 
+def test_the_package_and_the_command_help_import_nothing_heavy(tmp_path):
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import modeling_moe_audio.evaluation
+from modeling_moe_audio.commands.main import main
+try:
+    main(["evaluate", "--help"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print(sorted(name for name in ("torch", "transformers", "evaluate", "datasets") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--text_only_gap" in result.stdout and "--output_dir" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 # --------------------------------------------------------------------------------------- a real tiny checkpoint
 
 

@@ -36,10 +36,10 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..evaluation.reports import render_markdown
-    from ..evaluation.scoring import run_evaluation
-
     args = build_parser().parse_args(argv)
+    from ..evaluation.reports import render_markdown
+    from ..evaluation.scoring import run_evaluation  # torch, transformers: after --help
+
     output_dir = Path(args.output_dir) if args.output_dir else Path("eval") / Path(args.data).stem
     results = run(run_evaluation, args.model, args.data, output_dir, format=args.format, limit=args.limit,
                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style,
