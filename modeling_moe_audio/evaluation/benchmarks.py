@@ -53,7 +53,6 @@ exported from ``hlt-lab/voicebench`` (configs ``mmsu`` and ``openbookqa``) with 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ from pathlib import Path
 import soundfile
 
 from ..data.audio import BadRowError
+from ..data.manifest import read_json_rows
 from .answers import LETTERS, normalize_text, parse_options
 
 
@@ -88,28 +88,11 @@ class QAItem:
 
 
 def _read_rows(path: Path) -> list[tuple[str, object]]:
-    """(row label, parsed row) for a JSON list or a JSONL file; blank lines are skipped."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Benchmark file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise BadRowError(f"{path}: not a valid JSON list ({error.msg}, line {error.lineno})") from None
-        return [(f"item {n}", row) for n, row in enumerate(rows, start=1)]
-    out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as error:
-            out.append((f"line {number}", BadRowError(f"is not valid JSON ({error.msg})")))
-    if not out:
+    """(row label, parsed row) for a JSON list or a JSONL file (`read_json_rows`); no rows at all is an error."""
+    rows = read_json_rows(path, what="Benchmark file")
+    if not rows:
         raise ValueError(f"Benchmark file {path} has no rows.")
-    return out
+    return rows
 
 
 def _first(row: dict, keys: tuple[str, ...]):
