@@ -16,7 +16,7 @@ def build_parser():
     parser.add_argument("model", help="checkpoint folder or Hub id (loaded with trust_remote_code=True)")
     parser.add_argument("data", help="local benchmark file: MMAU JSON/JSONL or VoiceBench JSONL")
     parser.add_argument("--format", choices=("mmau", "voicebench", "auto"), default="auto",
-                        help="schema of DATA (auto: from its first row)")
+                        help="schema of DATA; auto: from its first row")
     parser.add_argument("--output_dir",
                         help="folder for results.json and results.md; none given: eval/<DATA file stem>")
     parser.add_argument("--batch_size", type=int, default=8, help="questions per generate call")
@@ -29,7 +29,7 @@ def build_parser():
                         help="also ask the text form of the audio, without audio, and report the modality gap")
     parser.add_argument("--device", help="torch device; none given: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="model dtype (auto: the checkpoint's)")
+                        help="model dtype; auto: the checkpoint's")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
     return parser
