@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 
 from ..checkpoints.build import init_checkpoint
 from ..data.manifest import load_rows
-from ..evaluation import generate_answers, normalize_answer, reference_answer
+from ..evaluation.accuracy import score_answers
+from ..evaluation.generation import generate_answers
 from ..presets import shipped_tokenizer
 from ..training.trainer import MoEAudioTrainArguments, paper_training_arguments, train
 
@@ -60,11 +61,4 @@ def evaluate_one(checkpoint: Path, test_manifest: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
     rows = load_rows(test_manifest)
-    answers = generate_answers(model, processor, rows)
-    correct, total = {}, {}
-    for row, answer in zip(rows, answers):
-        hit = normalize_answer(answer) == normalize_answer(reference_answer(row))
-        for key in ("overall", row["category"]):
-            correct[key] = correct.get(key, 0) + hit
-            total[key] = total.get(key, 0) + 1
-    return {key: correct[key] / total[key] for key in total}
+    return score_answers(rows, generate_answers(model, processor, rows), group_key="category")

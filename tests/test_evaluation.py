@@ -1,5 +1,6 @@
-"""Multiple-choice audio QA evaluation: answer extraction, benchmark loaders, scoring with `evaluate`, the modality
-gap, the text-only path (no audio reaches the model) and the `moe-audio evaluate` entry point."""
+"""Multiple-choice audio QA evaluation (`modeling_moe_audio.evaluation`): answer extraction, benchmark loaders, the
+accuracy metric (`evaluate`), scoring, the modality gap, the text-only path (no audio reaches the model) and the
+`moe-audio evaluate` entry point (`modeling_moe_audio.commands.evaluate`)."""
 
 import json
 
@@ -8,9 +9,10 @@ import pytest
 import soundfile
 import torch
 
+from modeling_moe_audio.commands.evaluate import main
 from modeling_moe_audio.data.audio import BadRowError
-from modeling_moe_audio.qa_eval import (
-    ChoiceAccuracy,
+from modeling_moe_audio.evaluation import (
+    GroupedAccuracy,
     QAItem,
     build_conversation,
     build_prompt,
@@ -19,7 +21,6 @@ from modeling_moe_audio.qa_eval import (
     load_items,
     load_mmau,
     load_voicebench,
-    main,
     modality_gap,
     parse_options,
     write_report,
@@ -269,6 +270,87 @@ def test_bad_json_line_and_unknown_format(tmp_path):
         load_items(tmp_path / "nope.jsonl")
 
 
+# ------------------------------------------------------------------------------------------------- the metric
+
+# (prediction, reference, task, category): option indices; -1 and None are unanswered
+METRIC_TABLE = [
+    (1, 1, "sound", "Source"),
+    (0, 1, "sound", "Source"),
+    (None, 2, "sound", "Events"),
+    (2, 2, "music", "Genre"),
+    (-1, 0, "music", "Genre"),
+    (3, 3, "speech", "Emotion"),
+    (1, 0, "speech", "Emotion"),
+]
+
+
+def hand_counts(rows):
+    correct = sum(p is not None and p == r for p, r, *_ in rows)
+    answered = sum(p is not None and p != -1 for p, *_ in rows)
+    return {"accuracy": correct / len(rows), "num_items": len(rows), "correct": correct, "answered": answered}
+
+
+def test_metric_gives_accuracy_and_counts_overall_and_per_group_as_counted_by_hand():
+    predictions, references, tasks, categories = (list(column) for column in zip(*METRIC_TABLE))
+    result = GroupedAccuracy(keep_in_memory=True).compute(
+        predictions=predictions, references=references, groups=[list(pair) for pair in zip(tasks, categories)],
+        group_names=["task", "category"],
+    )
+    assert {key: result[key] for key in ("accuracy", "num_items", "correct", "answered")} == hand_counts(METRIC_TABLE)
+    assert (result["correct"], result["answered"], result["num_items"]) == (3, 5, 7)
+    for position, name in ((2, "task"), (3, "category")):
+        labels = sorted({row[position] for row in METRIC_TABLE})
+        assert list(result[f"per_{name}"]) == labels
+        for label in labels:
+            assert result[f"per_{name}"][label] == hand_counts([r for r in METRIC_TABLE if r[position] == label])
+    assert result["per_task"]["music"] == {"accuracy": 0.5, "num_items": 2, "correct": 1, "answered": 1}
+
+
+def test_metric_never_counts_an_unanswered_prediction_as_correct():
+    metric = GroupedAccuracy(keep_in_memory=True)
+    # -1 or None against every reference, including a reference the unanswered marker could be confused with
+    for unanswered in (-1, None):
+        result = metric.compute(predictions=[unanswered, unanswered], references=[0, 1], groups=[[], []])
+        assert (result["accuracy"], result["correct"], result["answered"]) == (0.0, 0, 0)
+    with pytest.raises(ValueError, match="reference must be a label >= 0"):
+        metric.compute(predictions=[-1], references=[-1], groups=[[]])
+
+
+def test_metric_on_no_items_is_a_clear_value_error():
+    from modeling_moe_audio.evaluation import compute_accuracy
+
+    with pytest.raises(ValueError, match="No predictions to score"):
+        GroupedAccuracy(keep_in_memory=True).compute(predictions=[], references=[], groups=[])
+    with pytest.raises(ValueError, match="No predictions to score"):
+        compute_accuracy([], [], {"task": []})
+    with pytest.raises(ValueError, match="one label per item"):
+        compute_accuracy([0, 1], [0, 1], {"task": ["sound"]})
+
+
+def corpus_row(category, answer):
+    return {"category": category, "conversation": [
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]}
+
+
+def test_score_answers_compares_first_words_through_the_metric():
+    from modeling_moe_audio.evaluation import first_word, normalize_text, score_answers
+
+    assert normalize_text("The Car-Horn, twice!") == "the car horn twice" and first_word("Speech, I think.") == "speech"
+    assert first_word("...") == "" and normalize_text("") == ""
+    rows = [corpus_row("speech", "male"), corpus_row("speech", "female"), corpus_row("music", "piano"),
+            corpus_row("sound", "dog"), corpus_row("sound", "rain")]
+    answers = ["Male.", "male voice", "PIANO, surely", "", "rain falling"]
+    metric = RecordingAccuracy(keep_in_memory=True)
+    scores = score_answers(rows, answers, group_key="category", metric=metric)
+    assert scores == {"overall": 3 / 5, "music": 1.0, "sound": 0.5, "speech": 0.5}
+    assert len(metric.calls) == 1 and metric.calls[0]["group_names"] == ["category"]
+    assert metric.calls[0]["predictions"][3] == -1  # no word: unanswered
+    with pytest.raises(ValueError, match="2 answers for 5 rows"):
+        score_answers(rows, answers[:2])
+
+
 # ------------------------------------------------------------------------------------- scoring with a test double
 
 
@@ -298,14 +380,17 @@ class ScriptedGenerator:
         return answers
 
 
-class CountingAccuracy(ChoiceAccuracy):
-    """ChoiceAccuracy that counts its `_compute` calls (reached only through `evaluate`'s `compute`)."""
+class RecordingAccuracy(GroupedAccuracy):
+    """Test double of the metric: GroupedAccuracy that records the inputs of its `_compute` calls (reached only
+    through `evaluate`'s `compute`)."""
 
-    calls = 0
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
 
-    def _compute(self, predictions, references):
-        CountingAccuracy.calls += 1
-        return super()._compute(predictions, references)
+    def _compute(self, predictions, references, groups, group_names=()):
+        self.calls.append({"predictions": predictions, "references": references, "group_names": list(group_names)})
+        return super()._compute(predictions, references, groups, group_names)
 
 
 def gap_items(tmp_path):
@@ -330,8 +415,7 @@ def test_accuracy_per_task_and_category_and_the_gap_with_scripted_answers(tmp_pa
     audio_answers = ["The answer is (A)", "A", "I don't know", "B. table", "A. heat", "light"]
     text_answers = ["A", "mars", "Answer: A", "B", "heat", "salt"]
     generator = ScriptedGenerator(items, audio_answers, text_answers)
-    CountingAccuracy.calls = 0
-    metric = CountingAccuracy(keep_in_memory=True)
+    metric = RecordingAccuracy(keep_in_memory=True)
     gap = modality_gap(None, None, items, batch_size=4, generate_fn=generator, metric=metric, progress=False)
 
     audio, text = gap["audio"], gap["text"]
@@ -348,8 +432,12 @@ def test_accuracy_per_task_and_category_and_the_gap_with_scripted_answers(tmp_pa
     assert gap["per_task"]["mmsu"]["gap"] == pytest.approx(-0.5)
     assert gap["per_task"]["openbookqa"]["gap"] == pytest.approx(+0.5)
     assert (gap["text_accuracy"], gap["audio_accuracy"]) == (text["accuracy"], audio["accuracy"])
-    # accuracy went through evaluate's compute: overall + 2 tasks + 5 categories + 2 benchmarks, per mode
-    assert CountingAccuracy.calls == 2 * (1 + 2 + 5 + 2)
+    # accuracy went through evaluate's compute: one computation per mode gives the overall figures and every
+    # breakdown (2 tasks, 5 categories, 2 benchmarks); no second count beside it
+    assert len(metric.calls) == 2
+    assert [call["group_names"] for call in metric.calls] == [["task", "category", "benchmark"]] * 2
+    assert metric.calls[0]["predictions"] == [0, 0, None, 1, 0, 1] and metric.calls[0]["references"] == [
+        0, 1, 0, 0, 0, 1]
     # the double saw the clip with the instruction in audio mode, and the spoken text without audio in text mode
     audio_calls, text_calls = generator.calls[:6], generator.calls[6:]
     assert all(c["audio"] == 1 and c["text"].startswith("Answer the question in the audio.") for c in audio_calls)
@@ -385,6 +473,26 @@ def test_question_style_asks_the_bare_question_and_scores_option_words(tmp_path)
     assert results["accuracy"] == 1.0
     markdown = write_report(results, tmp_path / "report")["markdown"].read_text()
     assert "## Accuracy (audio input, question prompt)" in markdown
+
+
+def test_the_package_and_the_command_help_import_nothing_heavy(tmp_path):
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import modeling_moe_audio.evaluation
+from modeling_moe_audio.commands.main import main
+try:
+    main(["evaluate", "--help"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print(sorted(name for name in ("torch", "transformers", "evaluate", "datasets") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--text_only_gap" in result.stdout and "--output_dir" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 # --------------------------------------------------------------------------------------- a real tiny checkpoint
@@ -471,8 +579,8 @@ def test_text_only_path_gives_the_model_no_audio_and_the_audio_path_does(tmp_pat
 def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, capsys):
     data = write_voicebench(tmp_path, voicebench_rows(), name="openbookqa-dev.jsonl")
     out = tmp_path / "out"
-    main([str(tiny_checkpoint), str(data), "--out", str(out), "--text-only-gap", "--batch-size", "2",
-          "--max-new-tokens", "2", "--limit", "2", "--no-progress"])
+    main([str(tiny_checkpoint), str(data), "--output_dir", str(out), "--text_only_gap", "--batch_size", "2",
+          "--max_new_tokens", "2", "--limit", "2", "--no_progress"])
     results = json.loads((out / "results.json").read_text())
     assert (results["format"], results["evaluation"]["num_items"]) == ("voicebench", 2)
     assert set(results["evaluation"]["per_task"]) == {"openbookqa"}
@@ -485,15 +593,15 @@ def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, ca
     assert "wrote" in capsys.readouterr().out
     saved = (out / "results.json").read_bytes()
     with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
-        main([str(tiny_checkpoint), str(data), "--out", str(out), "--limit", "1", "--no-progress"])
+        main([str(tiny_checkpoint), str(data), "--output_dir", str(out), "--limit", "1", "--no_progress"])
     assert (out / "results.json").read_bytes() == saved
-    main([str(tiny_checkpoint), str(data), "--out", str(out), "--limit", "1", "--max-new-tokens", "2",
-          "--no-progress", "--overwrite"])
+    main([str(tiny_checkpoint), str(data), "--output_dir", str(out), "--limit", "1", "--max_new_tokens", "2",
+          "--no_progress", "--overwrite"])
     assert json.loads((out / "results.json").read_text())["evaluation"]["num_items"] == 1
 
     mmau = write_mmau(tmp_path)
     with pytest.raises(SystemExit, match="no item .* carries a text form"):
-        main([str(tiny_checkpoint), str(mmau), "--text-only-gap", "--out", str(tmp_path / "x")])
+        main([str(tiny_checkpoint), str(mmau), "--text_only_gap", "--output_dir", str(tmp_path / "x")])
     bad = write_mmau(tmp_path, [{**MMAU_ROWS[0], "answer": "horse"}], name="bad.json")
     with pytest.raises(SystemExit, match="item 1 .*not among the choices"):
-        main([str(tiny_checkpoint), str(bad), "--out", str(tmp_path / "y")])
+        main([str(tiny_checkpoint), str(bad), "--output_dir", str(tmp_path / "y")])

@@ -1,10 +1,9 @@
-"""Question answering by generation: greedy answers for dataset rows, and their scoring."""
-
-import re
+"""Generation: greedy answers to batches of chats (`greedy_generate`) and to the built-in corpus's rows
+(`generate_answers`); scoring them is `accuracy.score_answers`'s."""
 
 import torch
 
-from .data.audio import decode_audio_item
+from ..data.audio import decode_audio_item
 
 
 def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int = 8) -> list[str]:
@@ -43,16 +42,3 @@ def generate_answers(model, processor, rows, batch_size: int = 16, max_new_token
         prompts = [row_prompt(row) for row in rows[start : start + batch_size]]
         answers.extend(greedy_generate(model, processor, prompts, max_new_tokens))
     return answers
-
-
-def normalize_answer(text: str) -> str:
-    """The first word, lowercased, without punctuation: what a one-word answer is scored on."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return words[0] if words else ""
-
-
-def reference_answer(row: dict) -> str:
-    for message in row["conversation"]:
-        if message["role"] == "assistant":
-            return " ".join(b["text"] for b in message["content"] if b["type"] == "text")
-    raise ValueError("The row has no assistant message to score against.")
