@@ -67,9 +67,9 @@ def decoded_chat(conversation: list[dict], audio_items: list, with_answer: bool 
     ]
 
 
-def reference_answer(conversation: list[dict]) -> str:
-    """The text of the first assistant turn: what a generated answer is scored against."""
-    for message in conversation:
+def reference_answer(row: dict) -> str:
+    """The text of a row's first assistant turn: what a generated answer is scored against."""
+    for message in row["conversation"]:
         if message["role"] == "assistant":
             return " ".join(block["text"] for block in message["content"] if block["type"] == "text")
     raise BadRowError("The row has no assistant message to score against.")

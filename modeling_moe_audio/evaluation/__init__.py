@@ -5,7 +5,7 @@ gap) and the scoring of the built-in corpus's one-word answers. Everything reads
   `load_voicebench`, `load_items`, `detect_format`;
 - `answers`: the option a free-form answer picks (`extract_choice`, None rather than a guess), options written
   into a question (`parse_options`), the normalisations answers are compared on (`normalize_text`, `first_word`)
-  and a corpus row's reference (`reference_answer`);
+  (a corpus row's reference is `data.conversation.reference_answer`);
 - `prompts`: the user turn asking an item, with its audio or text-only (`build_prompt`, `build_conversation`,
   `PROMPT_STYLES`);
 - `generation`: greedy answers (`greedy_generate`, and `generate_answers` for corpus rows);
@@ -33,7 +33,6 @@ _EXPORTS = {
     "first_word": "answers",
     "normalize_text": "answers",
     "parse_options": "answers",
-    "reference_answer": "answers",
     "PROMPT_STYLES": "prompts",
     "build_conversation": "prompts",
     "build_prompt": "prompts",

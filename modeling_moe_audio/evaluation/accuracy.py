@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import datasets
 import evaluate
 
-from .answers import first_word, reference_answer
+from ..data.conversation import reference_answer
+from .answers import first_word
 
 
 def _counts(hits: list[bool], answered: list[bool]) -> dict:

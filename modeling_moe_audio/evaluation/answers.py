@@ -4,7 +4,7 @@ question (`parse_options`), and the two normalisations answers are compared on.
 - `normalize_text`: every word, lowercased, without punctuation ("The Dog!" -> "the dog"): what option texts and
   multiple-choice references are matched on;
 - `first_word`: only the first of those words ("Speech, I think." -> "speech"): what a one-word answer of the
-  built-in corpus is scored on (`reference_answer` gives a corpus row's reference).
+  built-in corpus is scored on.
 """
 
 from __future__ import annotations
@@ -25,14 +25,6 @@ def first_word(text: str) -> str:
     """The first word of `normalize_text(text)` ("" when there is none): what a one-word answer is scored on."""
     words = normalize_text(text).split()
     return words[0] if words else ""
-
-
-def reference_answer(row: dict) -> str:
-    """The text of a corpus row's assistant turn: the answer its question is scored against."""
-    for message in row["conversation"]:
-        if message["role"] == "assistant":
-            return " ".join(b["text"] for b in message["content"] if b["type"] == "text")
-    raise ValueError("The row has no assistant message to score against.")
 
 
 def _without_article(normalised: str) -> str:

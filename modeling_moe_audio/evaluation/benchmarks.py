@@ -57,9 +57,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import soundfile
 
-from ..data.audio import BadRowError
+from ..data.audio import BadRowError, check_audio_file
 from ..data.manifest import read_json_rows
 from .answers import LETTERS, normalize_text, parse_options
 
@@ -107,14 +106,7 @@ def _resolve_audio(value, folder: Path) -> str:
     path = Path(value)
     path = path if path.is_absolute() else (folder / path)
     path = path.resolve()
-    if not path.is_file():
-        raise BadRowError(f"audio file {path} does not exist")
-    try:
-        info = soundfile.info(str(path))
-    except Exception as error:  # libsndfile's own error types
-        raise BadRowError(f"audio file {path} cannot be decoded ({error})") from None
-    if info.frames == 0:
-        raise BadRowError(f"audio file {path} is empty")
+    check_audio_file(path)
     return str(path)
 
 

@@ -3,7 +3,7 @@
 
 import torch
 
-from ..data.audio import decode_audio_item
+from ..data.conversation import decoded_chat
 
 
 def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int = 8) -> list[str]:
@@ -17,28 +17,12 @@ def greedy_generate(model, processor, conversations: list[list[dict]], max_new_t
     return processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def row_prompt(row: dict) -> list[dict]:
-    """A dataset row's conversation without its assistant turn, with the audio decoded."""
-    clips = iter([decode_audio_item(item) for item in row["audio"]])
-    return [
-        {
-            "role": message["role"],
-            "content": [
-                {"type": "audio", "audio": next(clips)} if block["type"] == "audio" else
-                {"type": "text", "text": block["text"]}
-                for block in message["content"]
-            ],
-        }
-        for message in row["conversation"]
-        if message["role"] != "assistant"
-    ]
-
-
 def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 8) -> list[str]:
     """Greedy answers to each row's conversation, without its assistant turn."""
     model.eval()
     answers = []
     for start in range(0, len(rows), batch_size):
-        prompts = [row_prompt(row) for row in rows[start : start + batch_size]]
+        prompts = [decoded_chat(row["conversation"], row["audio"], with_answer=False)
+                   for row in rows[start : start + batch_size]]
         answers.extend(greedy_generate(model, processor, prompts, max_new_tokens))
     return answers

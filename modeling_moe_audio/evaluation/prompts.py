@@ -63,7 +63,7 @@ def build_conversation(item: QAItem, text_only: bool = False, audio=None, style:
     text = {"type": "text", "text": build_prompt(item, text_only, style)}
     if text_only:
         return [{"role": "user", "content": [text]}]
-    from ..data.audio import decode_audio_item  # datasets and transformers: not for `moe-audio evaluate --help`
+    from ..data.audio import SAMPLING_RATE, decode_audio_item  # datasets and transformers: not for `moe-audio evaluate --help`
 
     clip = decode_audio_item(item.audio) if audio is None else audio
-    return [{"role": "user", "content": [{"type": "audio", "audio": clip}, text]}]
+    return [{"role": "user", "content": [{"type": "audio", "audio": clip, "sampling_rate": SAMPLING_RATE}, text]}]
