@@ -275,3 +275,60 @@ PROCESSOR_ROWS = [
 @cases(PROCESSOR_ROWS)
 def test_processor(row, processor, wav):
     play(row, processor, wav)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a checkpoint
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def loaded_copy(change: Callable[[Path], None], name: str | None = None):
+    def run(tmp_path, checkpoint):
+        from modeling_moe_audio.checkpoints.loading import load_checkpoint
+
+        folder = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+        change(folder)
+        return load_checkpoint(folder if name is None else tmp_path / name)
+    return run
+
+
+def cut_in_half(name):
+    def change(folder):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    return change
+
+
+def stacking_factor(value):
+    def change(folder):
+        path = folder / "processor_config.json"
+        config = json.loads(path.read_text())
+        config["frame_stacking_factor"] = value
+        path.write_text(json.dumps(config))
+    return change
+
+
+def delete(name):
+    return lambda folder: (folder / name).unlink()
+
+
+LOADING_ROWS = [
+    Row("mistyped folder with a close match", loaded_copy(lambda folder: None, "ckpd"), FileNotFoundError, "did you mean"),
+    Row("folder that does not exist", loaded_copy(lambda folder: None, "nowhere/at/all"), FileNotFoundError, "does not exist"),
+    Row("a file instead of a folder", loaded_copy(lambda folder: None, "ckpt/config.json"), NotADirectoryError, "not a checkpoint folder"),
+    Row("folder without config.json", loaded_copy(delete("config.json")), FileNotFoundError, "no config.json"),
+    Row("corrupt config.json", loaded_copy(write("config.json", b"{oops")), ValueError, "config.json is corrupt"),
+    Row("corrupt tokenizer.json", loaded_copy(write("tokenizer.json", b"\x00\x01")), ValueError, "tokenizer.json is corrupt"),
+    Row("corrupt processor_config.json", loaded_copy(write("processor_config.json", b"[")), ValueError, "processor_config.json is corrupt"),
+    Row("truncated model.safetensors", loaded_copy(cut_in_half("model.safetensors")), ValueError, "model.safetensors is corrupt or cut short"),
+    Row("pickle as model.safetensors", loaded_copy(pickle_renamed_safetensors), ValueError, "model.safetensors is corrupt"),
+    Row("no weights at all", loaded_copy(delete("model.safetensors")), FileNotFoundError, "no *.safetensors"),
+    Row("processor stacking differs from the model's", loaded_copy(stacking_factor(2)), ValueError, "stacks 2 encoder frames"),
+    Row("an intact checkpoint loads", loaded_copy(lambda folder: None),
+        check=lambda loaded: loaded[0].config.model_type == "moe_audio" and loaded[1] is not None),
+]
+
+
+@cases(LOADING_ROWS)
+def test_loading(row, tmp_path, saved_checkpoint):
+    play(row, tmp_path, saved_checkpoint)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.loading import load_checkpoint
 from ..data.manifest import load_rows
 from ..output_dirs import check_output_dir
 from ..unwrap import audio_adapter
@@ -97,11 +98,8 @@ def analyze_checkpoint(
     overwrite: bool = False,
 ) -> dict:
     """`run_analysis` on a checkpoint (folder or Hub id) and manifests whose rows carry a category."""
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
     check_output_dir(output_dir, overwrite)  # before the long part
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    model, processor = load_checkpoint(checkpoint)
     rows = load_rows(data, limit)
     missing = [i for i, row in enumerate(rows) if row.get(category_key) is None]
     if missing:

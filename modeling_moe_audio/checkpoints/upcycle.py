@@ -16,11 +16,11 @@ Everything but the adapter is copied. The adapter's experts start from the dense
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor
 
 # Through the package, which registers the classes: save_pretrained then copies the code files.
 from .. import MoEAudioConfig, MoEAudioForCausalLM
 from ..hub.model_card import write_model_card
+from .loading import load_checkpoint, load_processor, resolve_source
 from ..output_dirs import check_output_dir
 
 
@@ -82,10 +82,11 @@ def upcycle(dense_dir: str | Path, output: str | Path, num_experts: int = 8, top
     """Upcycle the checkpoint in `dense_dir` and write the MoE model, its processor and card to `output`."""
     output = Path(output)
     check_output_dir(output, overwrite)
-    dense = AutoModelForCausalLM.from_pretrained(dense_dir, trust_remote_code=True)
+    dense, _ = load_checkpoint(dense_dir, with_processor=False)
     moe = upcycle_model(dense, num_experts, top_k, shared, seed)
+    processor = load_processor(resolve_source(dense_dir), dense)
     moe.save_pretrained(output)
-    AutoProcessor.from_pretrained(dense_dir, trust_remote_code=True).save_pretrained(output)
+    processor.save_pretrained(output)
     mode = "copied into every expert" if not shared else f"split into a shared MLP of {shared} units and the experts"
     write_model_card(output, training_summary=f"Sparse-upcycled from the dense-adapter model `{dense_dir}`: its MLP "
                      f"{mode}; the router is freshly initialised. Fine-tune it with `moe-audio train`.")

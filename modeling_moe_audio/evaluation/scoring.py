@@ -177,7 +177,7 @@ def run_evaluation(
     what `write_report` takes. A non-empty `output_dir` is refused before anything runs, unless `overwrite`.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from ..checkpoints.loading import load_checkpoint
 
     if output_dir is not None:
         output_dir = check_output_dir(output_dir, overwrite)  # before the long part: a finished report is kept
@@ -190,8 +190,7 @@ def run_evaluation(
                          "(MMAU has none; VoiceBench rows do).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
-    loaded = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True, dtype=dtype).to(device)
+    loaded, processor = load_checkpoint(model, dtype=dtype, device=device)
     settings = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
                     prompt_style=prompt_style)
     results = {"model": str(model), "data": str(data), "format": format}

@@ -10,9 +10,8 @@ again, so running the same command after an interruption finishes the rest. Writ
 import json
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoProcessor
-
 from ..analysis.routing import expert_activation, load_statistics
+from ..checkpoints.loading import load_checkpoint
 from ..checkpoints.parameters import count_parameters
 from ..data.corpus import write_corpus
 from ..data.manifest import load_rows
@@ -22,8 +21,7 @@ from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
 def load_balance(checkpoint: Path, rows: list[dict]) -> dict:
     """Max/mean expert load and the normalised routing entropy over the test questions' audio tokens."""
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    model, processor = load_checkpoint(checkpoint)
     activation = expert_activation(model, processor, rows)
     counts = [sum(per_expert) for per_expert in zip(*(activation["counts"][c] for c in activation["categories"]))]
     load = load_statistics(counts)

@@ -4,9 +4,8 @@ tiny model on the built-in corpus."""
 import time
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoProcessor
-
 from ..checkpoints.build import init_checkpoint
+from ..checkpoints.loading import load_checkpoint
 from ..data.manifest import load_rows
 from ..evaluation.accuracy import score_answers
 from ..evaluation.generation import generate_answers
@@ -58,7 +57,6 @@ def train_one(name: str, config, output: Path, manifests: dict, budget: dict, se
 
 def evaluate_one(checkpoint: Path, test_manifest: Path) -> dict:
     """Test accuracy overall and per category of greedy one-word answers."""
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    model, processor = load_checkpoint(checkpoint)
     rows = load_rows(test_manifest)
     return score_answers(rows, generate_answers(model, processor, rows), group_key="category")

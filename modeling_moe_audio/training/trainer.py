@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoProcessor, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
+
+from ..checkpoints.loading import load_checkpoint
 
 from ..data.collator import MoEAudioDataCollator
 from ..data.manifest import load_manifest, load_rows
@@ -69,8 +71,7 @@ def paper_training_arguments(output_dir: str | Path, **overrides) -> TrainingArg
 
 def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> Trainer:
     """The model set up for its stage, the data, and a `Trainer` with the aux-loss callback first in line."""
-    processor = AutoProcessor.from_pretrained(script_args.model, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(script_args.model, trust_remote_code=True)
+    model, processor = load_checkpoint(script_args.model)
     if script_args.bias_update_rate and not model.config.router_selection_bias:
         raise ValueError(
             "--bias_update_rate needs a model with router_selection_bias=True in its config (a selection bias to nudge)."
