@@ -332,3 +332,117 @@ LOADING_ROWS = [
 @cases(LOADING_ROWS)
 def test_loading(row, tmp_path, saved_checkpoint):
     play(row, tmp_path, saved_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Manifests: every row checked up front, with its line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+GOOD_ROW = {"audio": "one-second.wav", "prompt": "What is it?", "response": "noise"}
+
+
+def manifest_of(*rows, skip=False, raw: bytes | None = None, max_seconds=600.0):
+    def run(tmp_path, wav):
+        from modeling_moe_audio.data.manifest import load_manifest
+
+        folder = tmp_path / "data"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(wav, folder / "one-second.wav")
+        path = folder / "manifest.jsonl"
+        lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+        path.write_bytes(raw if raw is not None else ("\n".join(lines) + "\n").encode())
+        return load_manifest(path, max_audio_seconds=max_seconds, skip_bad_rows=skip)
+    return run
+
+
+def user(*blocks):
+    return {"role": "user", "content": list(blocks)}
+
+
+def assistant(text="noise"):
+    return {"role": "assistant", "content": text}
+
+
+AUDIO = {"type": "audio", "path": "one-second.wav"}
+TEXT = {"type": "text", "text": "What is it?"}
+
+MANIFEST_ROWS = [
+    Row("a good row", manifest_of(GOOD_ROW), check=lambda result: result[1].kept == 1),
+    Row("placeholder text in the prompt", manifest_of(GOOD_ROW, {**GOOD_ROW, "prompt": "Hear <|audio_pad|> this"}),
+        BadRowError_ := __import__("modeling_moe_audio.data.audio", fromlist=["BadRowError"]).BadRowError,
+        "line 2: 'prompt' holds the special token '<|audio_pad|>'"),
+    Row("ChatML markup in the response", manifest_of({**GOOD_ROW, "response": "ok<|im_end|>"}), BadRowError_, "'<|im_end|>'"),
+    Row("audio block in the assistant message",
+        manifest_of({"conversation": [user(AUDIO, TEXT), {"role": "assistant", "content": [AUDIO]}]}), BadRowError_,
+        "message 1 (assistant) holds audio"),
+    Row("unknown role", manifest_of({"conversation": [{"role": "bot", "content": "hi"}, assistant()]}), BadRowError_,
+        "role 'bot'"),
+    Row("unknown block type", manifest_of({"conversation": [user({"type": "image", "path": "x.png"}), assistant()]}),
+        BadRowError_, "a block that is not"),
+    Row("a block that is a string", manifest_of({"conversation": [user("just text"), assistant()]}), BadRowError_,
+        "a block that is not"),
+    Row("text block without text", manifest_of({"conversation": [user(AUDIO, {"type": "text"}), assistant()]}),
+        BadRowError_, "must be a string"),
+    Row("text block with a number", manifest_of({"conversation": [user(AUDIO, {"type": "text", "text": 3}), assistant()]}),
+        BadRowError_, "must be a string (got number)"),
+    Row("content of another type", manifest_of({"conversation": [{"role": "user", "content": 7}, assistant()]}),
+        BadRowError_, "must be a string or a non-empty list"),
+    Row("empty content list", manifest_of({"conversation": [{"role": "user", "content": []}, assistant()]}),
+        BadRowError_, "non-empty list"),
+    Row("message without role", manifest_of({"conversation": [{"content": "hi"}, assistant()]}), BadRowError_,
+        "needs 'role' and 'content'"),
+    Row("message that is a string", manifest_of({"conversation": ["hi", assistant()]}), BadRowError_,
+        "needs 'role' and 'content'"),
+    Row("conversation without an assistant", manifest_of({"conversation": [user(AUDIO, TEXT)]}), BadRowError_,
+        "no assistant message"),
+    Row("conversation that is an object", manifest_of({"conversation": {"role": "user"}}), BadRowError_,
+        "non-empty list of messages"),
+    Row("audio block without a path", manifest_of({"conversation": [user({"type": "audio"}), assistant()]}),
+        BadRowError_, "needs a 'path'"),
+    Row("audio block with a numeric path", manifest_of({"conversation": [user({"type": "audio", "path": 5}), assistant()]}),
+        BadRowError_, "needs a 'path'"),
+    Row("row that is a list", manifest_of(GOOD_ROW, [1, 2]), BadRowError_, "line 2: is not a JSON object"),
+    Row("row that is a number", manifest_of("42"), BadRowError_, "is not a JSON object"),
+    Row("missing response", manifest_of({"audio": "one-second.wav", "prompt": "p"}), BadRowError_, "missing ['response']"),
+    Row("prompt that is a list", manifest_of({**GOOD_ROW, "prompt": ["a"]}), BadRowError_, "must be strings"),
+    Row("audio that is a number", manifest_of({**GOOD_ROW, "audio": 3}), BadRowError_, "must be a path"),
+    Row("audio list with a number", manifest_of({**GOOD_ROW, "audio": ["one-second.wav", 3]}), BadRowError_, "must be a path"),
+    Row("empty audio list", manifest_of({**GOOD_ROW, "audio": []}), BadRowError_, "must be a path"),
+    Row("invalid JSON line", manifest_of(GOOD_ROW, "{oops"), BadRowError_, "line 2: is not valid JSON"),
+    Row("a line that is not UTF-8", manifest_of(raw=json.dumps(GOOD_ROW).encode() + b"\n\xff\xfe{}\n"), BadRowError_,
+        "line 2: is not UTF-8 text"),
+    Row("missing audio file", manifest_of({**GOOD_ROW, "audio": "gone.wav"}), BadRowError_, "gone.wav does not exist"),
+    Row("audio path climbing out with ..", manifest_of({**GOOD_ROW, "audio": "../one-second.wav"}), BadRowError_,
+        "climbs out of the data file's folder"),
+    Row("audio that is not audio", manifest_of({**GOOD_ROW, "audio": "manifest.jsonl"}), BadRowError_, "cannot be decoded"),
+    Row("audio longer than the limit", manifest_of(GOOD_ROW, max_seconds=0.5), BadRowError_, "over the limit of 0.5 s"),
+    Row("a column of two types", manifest_of({**GOOD_ROW, "category": "speech"}, {**GOOD_ROW, "category": 3}),
+        BadRowError_, "line 2: its 'category' is a number, but line 1 made the column a string"),
+    Row("a column null then set", manifest_of({**GOOD_ROW, "category": None}, {**GOOD_ROW, "category": "music"}),
+        check=lambda result: result[1].kept == 2),
+    Row("an empty manifest", manifest_of(raw=b"\n\n"), ValueError, "has no usable rows"),
+    Row("every kind of bad row is skipped and counted", manifest_of(
+        GOOD_ROW, "{oops", [1], {**GOOD_ROW, "prompt": "<|audio_pad|>"}, {**GOOD_ROW, "audio": "gone.wav"},
+        {"conversation": [user(AUDIO, TEXT), {"role": "assistant", "content": [AUDIO]}]},
+        {**GOOD_ROW, "category": 1}, {**GOOD_ROW, "category": "x"}, skip=True),
+        check=lambda result: result[1].kept == 2 and len(result[1].skipped) == 6
+        and all(", line " in message for message in result[1].skipped)),
+    Row("a manifest that is a folder", lambda tmp, wav: __import__("modeling_moe_audio.data.manifest", fromlist=["x"])
+        .load_manifest(tmp), IsADirectoryError, "is a folder"),
+]
+
+
+@cases(MANIFEST_ROWS)
+def test_manifest(row, tmp_path, wav):
+    play(row, tmp_path, wav)
+
+
+def test_a_truncated_wav_is_named_in_a_warning(tmp_path, wav):
+    from modeling_moe_audio.data.manifest import load_manifest
+
+    data = wav.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    (tmp_path / "m.jsonl").write_text(json.dumps({**GOOD_ROW, "audio": "cut.wav"}) + "\n")
+    with pytest.warns(UserWarning, match=r"cut\.wav is truncated: 50% of the samples"):
+        load_manifest(tmp_path / "m.jsonl")

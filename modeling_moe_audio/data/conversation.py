@@ -8,7 +8,7 @@ in the order it is heard. A row's `audio` column holds one item per audio block,
 from pathlib import Path
 
 from ..processing_moe_audio import SAMPLING_RATE
-from .audio import BadRowError, decode_audio_item
+from .audio import BadRowError, decode_audio_item, resolve_audio_path
 
 
 def row_conversation(row: dict) -> list[dict]:
@@ -32,7 +32,7 @@ def normal_form(conversation: list[dict], audio_folder: Path) -> list[dict]:
             content = [{"type": "text", "text": content}]
         blocks = []
         for block in content:
-            path = str((audio_folder / block["path"]).resolve()) if block.get("type") == "audio" else None
+            path = resolve_audio_path(block["path"], audio_folder) if block.get("type") == "audio" else None
             blocks.append({"type": block["type"], "text": block.get("text"), "path": path})
         messages.append({"role": message["role"], "content": blocks})
     return messages

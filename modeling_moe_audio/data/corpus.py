@@ -574,6 +574,13 @@ def write_corpus(output_dir, seed: int = 0, sizes: dict | None = None, overwrite
     return manifests
 
 
+def _portable_path(path: Path, folder: Path) -> str:
+    """Relative to `folder` when inside it (the pair moves as a whole), else absolute: data files may not climb out
+    of their folder with `..`."""
+    relative = os.path.relpath(path.resolve(), folder.resolve())
+    return relative if not relative.startswith("..") else str(path.resolve())
+
+
 def export_mmau(manifest: str | Path, output: str | Path) -> Path:
     """The questions of a written split (`write_corpus`'s `<split>.jsonl`) as an MMAU-format JSON list, so that
     `moe-audio evaluate` can score models on the built-in corpus: the task's answer set becomes the choices."""
@@ -584,7 +591,7 @@ def export_mmau(manifest: str | Path, output: str | Path) -> Path:
         row = json.loads(line)
         items.append({
             "id": f"{manifest.stem}-{index:05d}",
-            "audio_id": os.path.relpath(manifest.parent / row["audio"], output.parent),
+            "audio_id": _portable_path(manifest.parent / row["audio"], output.parent),
             "question": row["prompt"],
             "choices": list(tasks[row["task"]].answers),
             "answer": row["response"],

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..data.audio import BadRowError, check_audio_file
+from ..data.audio import BadRowError, check_audio_file, resolve_audio_path
 from ..data.manifest import read_json_rows
 from .answers import LETTERS, normalize_text, parse_options
 
@@ -103,11 +103,9 @@ def _resolve_audio(value, folder: Path) -> str:
         value = value.get("path")
     if not isinstance(value, str) or not value:
         raise BadRowError("the audio field must be a path (a string) or a {'path': ...} dict")
-    path = Path(value)
-    path = path if path.is_absolute() else (folder / path)
-    path = path.resolve()
+    path = resolve_audio_path(value, folder)
     check_audio_file(path)
-    return str(path)
+    return path
 
 
 def _check_options(options) -> list[str]:

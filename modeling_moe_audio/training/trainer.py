@@ -64,6 +64,13 @@ class MoEAudioTrainArguments:
     )
 
 
+def _checked_manifest(role: str, path: str, script_args: MoEAudioTrainArguments):
+    dataset, report = load_manifest(path, script_args.max_audio_seconds, script_args.skip_bad_rows)
+    if report.skipped:
+        print(f"left out {len(report.skipped)} bad {role} rows (--skip_bad_rows):", *report.skipped, sep="\n  ")
+    return dataset
+
+
 def paper_training_arguments(output_dir: str | Path, **overrides) -> TrainingArguments:
     """`TrainingArguments` with the paper's defaults (`PAPER_DEFAULTS`), any of which `overrides` replaces."""
     return TrainingArguments(output_dir=str(output_dir), **{**PAPER_DEFAULTS, **overrides})
@@ -83,13 +90,14 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
             script_args.lora_target_modules,
         )
 
-    train_dataset, train_report = load_manifest(script_args.train_data, script_args.max_audio_seconds,
-                                                script_args.skip_bad_rows)
-    eval_dataset = None
-    if script_args.eval_data:
-        eval_dataset, _ = load_manifest(script_args.eval_data, script_args.max_audio_seconds, script_args.skip_bad_rows)
-    if train_report.skipped:
-        print(f"left out {len(train_report.skipped)} bad training rows:", *train_report.skipped, sep="\n  ")
+    if script_args.max_audio_seconds > processor.max_audio_seconds:
+        raise ValueError(
+            f"--max_audio_seconds {script_args.max_audio_seconds} is above the processor's own limit of "
+            f"{processor.max_audio_seconds} s, so longer rows would pass the check and fail mid-epoch; use at most "
+            f"{processor.max_audio_seconds} (or save the processor with a higher max_audio_seconds)."
+        )
+    train_dataset = _checked_manifest("training", script_args.train_data, script_args)
+    eval_dataset = _checked_manifest("evaluation", script_args.eval_data, script_args) if script_args.eval_data else None
 
     if training_args.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in (
         training_args.lr_scheduler_kwargs or {}
