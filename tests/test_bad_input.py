@@ -446,3 +446,105 @@ def test_a_truncated_wav_is_named_in_a_warning(tmp_path, wav):
     (tmp_path / "m.jsonl").write_text(json.dumps({**GOOD_ROW, "audio": "cut.wav"}) + "\n")
     with pytest.warns(UserWarning, match=r"cut\.wav is truncated: 50% of the samples"):
         load_manifest(tmp_path / "m.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files the commands write: nothing the user saved is written over unasked
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def folder_holding(*names):
+    def make(tmp_path):
+        folder = tmp_path / "out"
+        for name in names:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("mine")
+        return folder
+    return make
+
+
+def guard(make, **kwargs):
+    from modeling_moe_audio.output_dirs import check_output_dir
+
+    return lambda tmp_path: check_output_dir(make(tmp_path), **kwargs)
+
+
+def run_claim(make, command="demo", settings=None, repeat=None, **kwargs):
+    """`start_run` on the folder `make` gives; with `repeat`, a first run (command, settings) claimed it before."""
+    from modeling_moe_audio.output_dirs import finish_run, start_run
+
+    def run(tmp_path):
+        folder = make(tmp_path)
+        if repeat is not None:
+            start_run(folder, *repeat[:2])
+            if repeat[2:] == ("finished",):
+                finish_run(folder)
+        return start_run(folder, command, settings or {"quick": True, "seed": 0}, **kwargs)
+    return run
+
+
+QUICK0 = {"quick": True, "seed": 0}
+FILE_SAFETY_ROWS = [
+    Row("a folder of the user's files (README.md, train_results.json)", guard(folder_holding("README.md", "train_results.json")),
+        FileExistsError, "is not empty (README.md, train_results.json)"),
+    Row("a file where the folder goes", lambda tmp: guard(lambda t: t / "f")(tmp) if (tmp / "f").write_text("x") else None,
+        FileExistsError, "is a file"),
+    Row("an empty folder is used", guard(lambda tmp: tmp / "new"), check=lambda folder: folder.name == "new"),
+    Row("--overwrite lets a command write into a full folder", guard(folder_holding("notes.txt"), overwrite=True),
+        check=lambda folder: (folder / "notes.txt").read_text() == "mine"),
+    Row("a run into a folder of the user's files", run_claim(folder_holding("corpus/audio/train/mine.wav")),
+        FileExistsError, "is not empty"),
+    Row("a demo rerun into its own unfinished run is named unfinished", run_claim(lambda tmp: tmp / "d", repeat=("demo", QUICK0)),
+        FileExistsError, "holds an unfinished `moe-audio demo` run with these settings; pass --overwrite"),
+    Row("a demo rerun into its finished run", run_claim(lambda tmp: tmp / "d", repeat=("demo", QUICK0, "finished")),
+        FileExistsError, "holds a finished `moe-audio demo` run"),
+    Row("an ablate rerun continues its unfinished run", run_claim(lambda tmp: tmp / "a", "ablate", resumable=True,
+        repeat=("ablate", QUICK0)), check=lambda resuming: resuming is True),
+    Row("an ablate rerun with another seed", run_claim(lambda tmp: tmp / "a", "ablate", {"quick": True, "seed": 1},
+        resumable=True, repeat=("ablate", QUICK0)), FileExistsError, "run with other settings"),
+    Row("ablate into a demo's folder", run_claim(lambda tmp: tmp / "a", "ablate", resumable=True, repeat=("demo", QUICK0)),
+        FileExistsError, "`moe-audio demo` run"),
+    Row("--overwrite replaces an unfinished run", run_claim(lambda tmp: tmp / "d", repeat=("demo", QUICK0), overwrite=True),
+        check=lambda resuming: resuming is False),
+    Row("a fresh folder is claimed", run_claim(lambda tmp: tmp / "new"), check=lambda resuming: resuming is False),
+]
+
+
+@cases(FILE_SAFETY_ROWS)
+def test_file_safety(row, tmp_path):
+    play(row, tmp_path)
+
+
+def test_a_save_that_dies_half_way_leaves_no_checkpoint_to_trip_over(tmp_path, saved_checkpoint, wav, monkeypatch):
+    """Fault: the process dies while writing checkpoint-2 (after the weights, before the trainer state). The folder
+    then holds checkpoint-1 whole and no checkpoint-2, and resuming from the last checkpoint works."""
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from modeling_moe_audio.commands.train import build_parser
+    from modeling_moe_audio.training.trainer import build_trainer
+
+    shutil.copy(wav, tmp_path / "one-second.wav")
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(GOOD_ROW) for _ in range(4)) + "\n")
+    output = tmp_path / "run"
+    args = ["--model", str(saved_checkpoint), "--train_data", str(tmp_path / "train.jsonl"), "--output_dir", str(output),
+            "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "2", "--save_steps", "1",
+            "--save_strategy", "steps", "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0"]
+    trainer = build_trainer(*build_parser().parse_args_into_dataclasses(args=args))
+    save_rng_state = Trainer._save_rng_state
+
+    def dies_at_step_2(self, output_dir):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("killed while saving")
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(path.name for path in output.iterdir() if path.name.startswith("checkpoint-")) == ["checkpoint-1"]
+    assert get_last_checkpoint(str(output)).endswith("checkpoint-1")
+    assert (output / "checkpoint-1" / "trainer_state.json").is_file()
+    monkeypatch.setattr(Trainer, "_save_rng_state", save_rng_state)
+    resumed = build_trainer(*build_parser().parse_args_into_dataclasses(args=args))
+    resumed.train(resume_from_checkpoint=True)
+    assert (output / "checkpoint-2" / "trainer_state.json").is_file()

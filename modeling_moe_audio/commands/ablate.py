@@ -19,6 +19,8 @@ def build_parser():
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and budget")
     add_seed(parser, "the corpus, the initialisation and the data order")
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(ABLATIONS)} (default: all)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in an --output_dir that holds other files or another run")
     return parser
 
 
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     from ..experiments.ablation import format_table, run_ablation
 
     args = build_parser().parse_args(argv)
-    results = run(run_ablation, args.output_dir, args.quick, args.seed, args.configs.split(",") if args.configs else None)
+    results = run(run_ablation, args.output_dir, args.quick, args.seed, args.configs.split(",") if args.configs else None,
+                  args.overwrite)
     print(format_table(results))
     print(f"\nwrote {args.output_dir}/ablation.md")
 

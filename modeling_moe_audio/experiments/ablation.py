@@ -15,6 +15,7 @@ from ..checkpoints.loading import load_checkpoint
 from ..checkpoints.parameters import count_parameters
 from ..data.corpus import write_corpus
 from ..data.manifest import load_rows
+from ..output_dirs import finish_run, start_run
 from ..presets import ABLATIONS, ablation_config
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
@@ -28,9 +29,9 @@ def load_balance(checkpoint: Path, rows: list[dict]) -> dict:
     return {"max_mean_load": load["max_mean_load"], "load_entropy": load["load_entropy"]}
 
 
-def run_one(name: str, output: Path, manifests: dict, budget: dict, seed: int) -> dict:
+def run_one(name: str, output: Path, manifests: dict, budget: dict, seed: int, resuming: bool = False) -> dict:
     result_path = output / name / "result.json"
-    if result_path.is_file():
+    if resuming and result_path.is_file():
         return json.loads(result_path.read_text())
     config = ablation_config(name, base=PRESET)
     seconds = train_one(name, config, output, manifests, budget, seed)
@@ -64,7 +65,7 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_ablation(output="runs/ablate", quick=False, seed=0, configs=None) -> list[dict]:
+def run_ablation(output="runs/ablate", quick=False, seed=0, configs=None, overwrite=False) -> list[dict]:
     """Train and score each configuration (all of `ABLATIONS` by default); resumable (see the module docstring)."""
     output = Path(output)
     names = configs or list(ABLATIONS)
@@ -73,11 +74,13 @@ def run_ablation(output="runs/ablate", quick=False, seed=0, configs=None) -> lis
         raise ValueError(f"Unknown configurations {unknown}; choose from {list(ABLATIONS)}.")
     budget = QUICK if quick else FULL
     corpus = output / "corpus"
-    if (corpus / "test.jsonl").is_file():  # resuming: the same corpus
+    resuming = start_run(output, "ablate", {"quick": quick, "seed": seed}, overwrite, resumable=True)
+    if resuming and (corpus / "test.jsonl").is_file():  # the same corpus
         manifests = {split: corpus / f"{split}.jsonl" for split in ("train", "validation", "test")}
     else:
         manifests = write_corpus(corpus, seed=seed, sizes=budget["sizes"], overwrite=True)
-    results = [run_one(name, output, manifests, budget, seed) for name in names]
+    results = [run_one(name, output, manifests, budget, seed, resuming) for name in names]
     (output / "ablation.json").write_text(json.dumps({"quick": quick, "seed": seed, "results": results}, indent=2))
     (output / "ablation.md").write_text(format_table(results) + "\n")
+    finish_run(output)
     return results

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..checkpoints.parameters import count_parameters
 from ..data.corpus import write_corpus
 from ..hub.model_card import write_model_card
-from ..output_dirs import check_output_dir
+from ..output_dirs import finish_run, start_run
 from ..presets import load_config
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
@@ -36,9 +36,12 @@ def format_table(results: dict) -> str:
 
 
 def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 0, overwrite: bool = False) -> dict:
-    output = check_output_dir(output, overwrite)
+    """Run the demo into `output` (an empty folder; `overwrite` replaces a run or files there) and return the
+    summary written to `output/results.json`."""
+    output = Path(output)
+    start_run(output, "demo", {"quick": quick, "seed": seed}, overwrite)
     budget = QUICK if quick else FULL
-    manifests = write_corpus(output / "corpus", seed=seed, sizes=budget["sizes"], overwrite=overwrite)
+    manifests = write_corpus(output / "corpus", seed=seed, sizes=budget["sizes"], overwrite=True)
     results = {}
     for adapter_type in ADAPTERS:
         config = load_config(PRESET, adapter_type=adapter_type)
@@ -58,4 +61,5 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
         }
     summary = {"quick": quick, "seed": seed, "budget": budget, "models": results}
     (output / "results.json").write_text(json.dumps(summary, indent=2))
+    finish_run(output)
     return summary

@@ -38,7 +38,7 @@ ALLOWED_FILES = (
 TRAINING_LEFTOVERS = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin", "trainer_state.json",
                       "all_results.json", "eval_results.json")
 CODE_BACKUP_PREFIX = "code-backup-"
-EXCLUDED_FOLDERS = ("checkpoint-*", "runs", ".git", ".cache", f"{CODE_BACKUP_PREFIX}*")
+EXCLUDED_FOLDERS = ("checkpoint-*", ".saving-*", "runs", ".git", ".cache", f"{CODE_BACKUP_PREFIX}*")
 # An absolute local path inside a published text (a card, a training summary): published as its last part.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".gz", ".npy", ".npz")
 LOCAL_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)[^\s`'\"()<>]*/([^\s`'\"()<>/]+)")

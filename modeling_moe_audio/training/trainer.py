@@ -7,10 +7,14 @@ AdamW with betas (0.9, 0.95), a warmup-stable-decay schedule (decay over the las
 """
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..checkpoints.loading import load_checkpoint
 
@@ -71,6 +75,34 @@ def _checked_manifest(role: str, path: str, script_args: MoEAudioTrainArguments)
     return dataset
 
 
+STAGING_PREFIX = ".saving-"  # saves are written under this name, then renamed into place
+
+
+class MoEAudioTrainer(Trainer):
+    """The `Trainer`, with each checkpoint written under a temporary name and renamed once complete: a run killed
+    during a save leaves no half-written `checkpoint-N` (a 0-byte config.json) for a later resume to trip over."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f"{STAGING_PREFIX}{name}"
+        self._get_output_dir = lambda trial=None: str(staging)  # the library writes `checkpoint-N` under `staging`
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states)
+        if self.args.should_save:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+            os.replace(staging / name, run_dir / name)
+            shutil.rmtree(staging)
+            if self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging), str(run_dir))
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
 def paper_training_arguments(output_dir: str | Path, **overrides) -> TrainingArguments:
     """`TrainingArguments` with the paper's defaults (`PAPER_DEFAULTS`), any of which `overrides` replaces."""
     return TrainingArguments(output_dir=str(output_dir), **{**PAPER_DEFAULTS, **overrides})
@@ -111,7 +143,7 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
             "num_decay_steps": max(1, total // 10),
         }
 
-    trainer = Trainer(
+    trainer = MoEAudioTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -145,9 +177,13 @@ def save_final(trainer: Trainer, output_dir: str | Path, summary: str = "") -> P
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if trainer.is_world_process_zero():
-        model.save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
-        write_model_card(output_dir, training_summary=summary or None)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir) as staging:
+            model.save_pretrained(staging)
+            trainer.processing_class.save_pretrained(staging)
+            write_model_card(staging, training_summary=summary or None)
+            for path in Path(staging).iterdir():
+                os.replace(path, output_dir / path.name)  # each file whole, or the old one: never half-written
     return output_dir
 
 
