@@ -548,3 +548,64 @@ def test_a_save_that_dies_half_way_leaves_no_checkpoint_to_trip_over(tmp_path, s
     resumed = build_trainer(*build_parser().parse_args_into_dataclasses(args=args))
     resumed.train(resume_from_checkpoint=True)
     assert (output / "checkpoint-2" / "trainer_state.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line: one clear line, at once
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def command(*argv):
+    """Run `moe-audio ARGV` in this process; a refusal is the `SystemExit` whose message the user reads."""
+    from modeling_moe_audio.commands.main import main
+
+    def run(tmp_path, checkpoint):
+        previous = os.getcwd()
+        os.chdir(tmp_path)  # relative paths below are the user's own folder
+        try:
+            Path("runs").mkdir(exist_ok=True)
+            return main([str(arg).replace("CKPT", str(checkpoint)) for arg in argv])
+        finally:
+            os.chdir(previous)
+    return run
+
+
+def command_with_file(name, text, *argv):
+    def run(tmp_path, checkpoint):
+        (tmp_path / name).write_text(text)
+        return command(*argv)(tmp_path, checkpoint)
+    return run
+
+
+CLI_ROWS = [
+    Row("train: a mistyped local --model", command("train", "--model", "runs/tiny-mo", "--train_data", "t.jsonl",
+        "--output_dir", "o", "--use_cpu"), SystemExit, "error: Checkpoint folder runs/tiny-mo does not exist"),
+    Row("evaluate: a mistyped local model", command("evaluate", "runs/tiny-mo", "data.json"), SystemExit,
+        "does not exist"),
+    Row("analyze: a mistyped local model", command("analyze", "runs/x/y", "data.jsonl", "--output_dir", "a"), SystemExit,
+        "Checkpoint folder runs/x/y does not exist"),
+    Row("upcycle: a missing folder", command("upcycle", "runs/dense", "--output_dir", "up"), SystemExit,
+        "Checkpoint folder runs/dense does not exist"),
+    Row("push: a missing folder", command("push", "runs/nothing", "you/model"), SystemExit, "is not a directory"),
+    Row("push --dry_run lists the files and uploads nothing", command("push", "CKPT", "you/model", "--dry_run"),
+        check=lambda result: result is None),
+    Row("init: malformed --config JSON names the file", command_with_file("bad.json", "{x", "init", "--config", "bad.json",
+        "--output_dir", "m"), SystemExit, "bad.json is not a valid JSON file"),
+    Row("init: --llm without --audio_encoder", command("init", "--llm", "x", "--output_dir", "m"), SystemExit,
+        "--llm and --audio_encoder go together"),
+    Row("init: no --config", command("init", "--output_dir", "m"), SystemExit, "--config is required"),
+    Row("init: a config value out of range", command_with_file("neg.json", '{"num_experts": 0}', "init", "--config",
+        "neg.json", "--output_dir", "m"), SystemExit, "num_experts=0 must be a positive integer"),
+    Row("params: an unknown preset", command("params", "tiny-typo"), SystemExit, "one of the presets"),
+    Row("ablate: an unknown configuration", command("ablate", "--configs", "3-choose-9", "--output_dir", "ab"),
+        SystemExit, "Unknown configurations ['3-choose-9']"),
+    Row("update-code: a folder that is no checkpoint", command("update-code", "runs"), SystemExit, "error:"),
+    Row("an unknown command", command("trian"), SystemExit, "2"),
+]
+
+
+@cases(CLI_ROWS)
+def test_command_line(row, tmp_path, saved_checkpoint, capsys):
+    play(row, tmp_path, saved_checkpoint)
+    if row.error is SystemExit and row.message.startswith("error:"):
+        assert "Traceback" not in capsys.readouterr().err

@@ -7,6 +7,8 @@ import argparse
 import copy
 import sys
 
+from huggingface_hub.errors import StrictDataclassError
+
 
 DASHES = "Options are also accepted with dashes for underscores (--output-dir for --output_dir)."
 
@@ -32,12 +34,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 # The errors a command expects from bad input: printed as one line. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, ValueError)
+USER_ERRORS = (OSError, ValueError, StrictDataclassError)
 
 
 class CommandParser(argparse.ArgumentParser):
     """Options are spelt with underscores, as `TrainingArguments` flags are (`--output_dir`); as in `moe-audio
-    train`, the same option with dashes (`--output-dir`) is accepted too."""
+    train`, the same option with dashes (`--output-dir`) is accepted too. Every command takes `--debug`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        set_debug(parsed.debug)
+        return parsed
 
     def add_argument(self, *names, **kwargs):
         dashed = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
@@ -61,9 +72,20 @@ def add_seed(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help=f"seed of {what}")
 
 
+_debug = False
+
+
+def set_debug(debug: bool) -> None:
+    global _debug
+    _debug = debug
+
+
 def run(function, *args, **kwargs):
-    """`function(*args, **kwargs)`, exiting with `error: <message>` on an error the user can fix."""
+    """`function(*args, **kwargs)`, exiting with one line, `error: <message>`, on an error the user can fix (the
+    whole traceback with `--debug`); any other error is a bug and keeps its traceback."""
     try:
         return function(*args, **kwargs)
     except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
+        if _debug:
+            raise
+        sys.exit(f"error: {' '.join(str(error).split())}")

@@ -15,7 +15,7 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .common import DASHES, HelpFormatter
+from .common import DASHES, HelpFormatter, run, set_debug
 
 from ..training.trainer import PAPER_DEFAULTS, MoEAudioTrainArguments, train
 
@@ -36,7 +36,7 @@ def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
         prog="moe-audio train",
         usage="moe-audio train --model DIR --train_data FILE --output_dir DIR [options]",
         description=__doc__,
-        epilog=f"--help-all lists every TrainingArguments flag. {DASHES}",
+        epilog=f"--help-all lists every TrainingArguments flag; --debug shows the whole traceback of an error. {DASHES}",
         formatter_class=HelpFormatter,
     )
     parser.set_defaults(**PAPER_DEFAULTS)
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     if "--help-all" in argv:
         build_parser(all_training_flags=True).print_help()
         return
-    script_args, training_args = build_parser().parse_args_into_dataclasses(args=argv)
+    set_debug("--debug" in argv)
+    script_args, training_args = build_parser().parse_args_into_dataclasses(
+        args=[arg for arg in argv if arg != "--debug"])
     try:
-        train(script_args, training_args)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        run(train, script_args, training_args)
     finally:
         import torch
 
