@@ -609,3 +609,9 @@ def test_command_line(row, tmp_path, saved_checkpoint, capsys):
     play(row, tmp_path, saved_checkpoint)
     if row.error is SystemExit and row.message.startswith("error:"):
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_nested_values_of_two_types_are_named_not_an_arrow_traceback(tmp_path, wav):
+    play(Row("nested types differ", manifest_of({**GOOD_ROW, "attributes": {"pitch": "high"}},
+                                                {**GOOD_ROW, "attributes": {"pitch": [1]}}),
+             ValueError, "rows disagree on the type of a value inside a column"), tmp_path, wav)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from .audio import BadRowError, check_audio_file
 from .conversation import audio_blocks, normal_form, row_conversation
@@ -175,7 +176,11 @@ def load_manifest(
     if not rows:
         raise ValueError(f"Manifest {path} has no usable rows ({len(report.skipped)} left out).")
     report.kept = len(rows)
-    return datasets.Dataset.from_list(rows), report
+    try:
+        return datasets.Dataset.from_list(rows), report
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:  # nested values whose types differ between rows
+        raise ValueError(f"{path}: rows disagree on the type of a value inside a column ({error}); use one type per "
+                         "key and per nested key.") from None
 
 
 def load_rows(path: str | Path, limit: int | None = None) -> list[dict]:
