@@ -41,13 +41,19 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Decode an audio file (wav, flac, ogg, mp3: libsndfile) to mono float32 and resample it with soxr."""
+def check_audio_path(path: str | os.PathLike, where: str = "") -> str:
+    """`path` as a string, if it names an existing file; otherwise an error that says what it names."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise IsADirectoryError(f"Audio path {path!r} is a folder, not an audio file; give the file's path.")
+        raise IsADirectoryError(f"Audio path {path!r}{where} is a folder, not an audio file; give the file's path.")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Audio file {path!r} does not exist.")
+        raise FileNotFoundError(f"Audio file {path!r}{where} does not exist.")
+    return path
+
+
+def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Decode an audio file (wav, flac, ogg, mp3: libsndfile) to mono float32 and resample it with soxr."""
+    path = check_audio_path(path)
     return _transformers_load_audio(path, sampling_rate=sampling_rate, backend="soundfile")
 
 
@@ -299,13 +305,8 @@ class MoEAudioProcessor(ProcessorMixin):
         Checked where audio is processed (`tokenize=True`)."""
         source = block.get("path", block.get("audio", block.get("url")))
         if isinstance(source, (str, os.PathLike)):
-            path = os.fspath(source)
-            if "://" in path or path.startswith("data:"):
-                return
-            if os.path.isdir(path):
-                raise IsADirectoryError(f"Audio path {path!r} in the conversation is a folder, not an audio file.")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"Audio file {path!r} in the conversation does not exist.")
+            if not ("://" in os.fspath(source) or os.fspath(source).startswith("data:")):
+                check_audio_path(source, " in the conversation")
             return
         rate = block.get("sampling_rate", call_rate)
         if rate is None:
