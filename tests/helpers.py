@@ -122,13 +122,10 @@ BOTH_WAYS = pytest.mark.parametrize("in_process", [
 ])
 
 
-def moe_audio_process(*args, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:
+def moe_audio_process(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """`moe-audio ARGS` in a new process: `python -m modeling_moe_audio.commands.main` with this checkout first on
-    the path, so it runs the tree under test, not an installed copy. With `check`, a failure raises with stderr."""
+    the path, so it runs the tree under test, not an installed copy; `env` adds to this process's environment."""
     env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", "modeling_moe_audio.commands.main", *map(str, args)],
-                            capture_output=True, text=True, timeout=timeout, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
+    return subprocess.run([sys.executable, "-m", "modeling_moe_audio.commands.main", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
