@@ -30,7 +30,7 @@ from modeling_moe_audio.hub.publish import CODE_FILES, checkpoint_files, push_ch
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
 from modeling_moe_audio.training.stages import add_lora
 
-from helpers import moe_audio, moe_audio_error, moe_audio_process
+from helpers import moe_audio, moe_audio_process, moe_audio_result
 from remote_code import PRELUDE
 
 
@@ -292,8 +292,9 @@ def test_code_that_computes_something_else_is_refused_and_put_back(tmp_path):
 
 
 def test_what_is_not_a_moe_audio_checkpoint_is_refused(old_checkpoint, tmp_path, capsys):
-    stderr = moe_audio_error(capsys, "update-code", tmp_path / "nowhere")
-    assert stderr.strip() == (
+    result = moe_audio_result(capsys, "update-code", tmp_path / "nowhere")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
         f"error: {tmp_path / 'nowhere'} does not exist: pass the folder of a saved moe-audio checkpoint (the one "
         f"holding config.json and model.safetensors)."
     )
