@@ -1,57 +1,92 @@
-"""Shared helpers: tiny random models built from the `tiny` preset and inputs with real audio placeholders."""
+"""Fixtures shared by the test files (the helpers are in helpers.py).
+
+The checkpoints and corpora are built once per session and shared: a test must not write into them. One that does
+takes a copy (`tiny_checkpoint_copy`); at the end of the session each shared checkpoint is checked to be unchanged.
+"""
+
+import hashlib
+import shutil
 
 import pytest
-import torch
 
-from modeling_moe_audio import MoEAudioForCausalLM, num_audio_tokens
-from modeling_moe_audio.presets import load_config
-
-
-WINDOW_FRAMES = 3000  # mel frames in one 30 s Whisper window
+from helpers import tiny_model
+# test_model.py and test_adapter.py import these from conftest; the definitions are in helpers.py.
+from helpers import make_audio_batch, make_input_ids, tiny_config, tokens_for  # noqa: F401
 
 
-def tiny_config(**overrides):
-    return load_config("tiny", **overrides)
+def _contents(folder):
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def tiny_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MoEAudioForCausalLM(tiny_config(**overrides)).eval()
+def _shared_checkpoint(tmp_path_factory, name, **overrides):
+    """The `tiny-4s` preset (with `overrides`) initialised with seed 0 and the shipped tokenizer; checked unchanged."""
+    from modeling_moe_audio.checkpoints.build import init_checkpoint
+    from modeling_moe_audio.presets import load_config, shipped_tokenizer
 
-
-def make_audio_batch(config, mel_lengths, seed=0):
-    """Random log-mel windows, with `mel_lengths[i]` real frames in window i; the rest is padding noise."""
-    generator = torch.Generator().manual_seed(seed)
-    num_mels = config.audio_config.num_mel_bins
-    features = torch.randn(len(mel_lengths), num_mels, WINDOW_FRAMES, generator=generator)
-    mask = torch.zeros(len(mel_lengths), WINDOW_FRAMES, dtype=torch.long)
-    for row, length in enumerate(mel_lengths):
-        mask[row, :length] = 1
-    return features, mask
-
-
-def make_input_ids(config, audio_tokens_per_row, prompt_lengths, seed=0, padding_side="right", pad_id=0):
-    """Rows of random text holding `audio_tokens_per_row[i]` placeholders (0: a text-only row), padded to one length."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for num_audio, num_text in zip(audio_tokens_per_row, prompt_lengths):
-        text = torch.randint(1, 400, (num_text,), generator=generator)
-        audio = torch.full((num_audio,), config.audio_token_id)
-        rows.append(torch.cat([text[:2], audio, text[2:]]))
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[i, span] = row
-        attention_mask[i, span] = 1
-    return input_ids, attention_mask
-
-
-def tokens_for(mel_lengths, config):
-    return [int(num_audio_tokens(length, config.frame_stacking_factor)) for length in mel_lengths]
+    folder = tmp_path_factory.mktemp(name) / "tiny"
+    init_checkpoint(load_config("tiny-4s", **overrides), folder, tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
+    contents = _contents(folder)
+    yield folder
+    assert _contents(folder) == contents, f"a test wrote into the shared checkpoint {folder}: use a copy"
 
 
 @pytest.fixture
 def model():
     return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The tiny MoE checkpoint (`moe-audio init --config tiny-4s`, seed 0, with its processor). Read-only."""
+    yield from _shared_checkpoint(tmp_path_factory, "tiny-checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_dense_checkpoint(tmp_path_factory):
+    """The same with the dense adapter (`tiny-4s`, adapter_type dense, seed 0, with its processor). Read-only."""
+    yield from _shared_checkpoint(tmp_path_factory, "tiny-dense-checkpoint", adapter_type="dense")
+
+
+@pytest.fixture
+def tiny_checkpoint_copy(tiny_checkpoint, tmp_path):
+    """A copy of `tiny_checkpoint` of this test's own, to write into."""
+    return shutil.copytree(tiny_checkpoint, tmp_path / "tiny-checkpoint")
+
+
+@pytest.fixture(scope="session")
+def make_corpus(tmp_path_factory):
+    """`make_corpus(seed, sizes)`: the built-in corpus written once per session for each (seed, sizes); returns the
+    manifest of each split (a fresh dict each call). Shared: a test that writes files copies the folder first."""
+    from modeling_moe_audio.data.corpus import write_corpus
+
+    written = {}
+
+    def make(seed, sizes):
+        key = (seed, tuple(sorted(sizes.items())))
+        if key not in written:
+            name = f"corpus-seed{seed}-" + "-".join(f"{split}{size}" for split, size in key[1])
+            written[key] = write_corpus(tmp_path_factory.mktemp(name), seed=seed, sizes=sizes)
+        return dict(written[key])
+
+    return make
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A running test double of the Hub that this process's huggingface_hub and transformers talk to."""
+    import huggingface_hub.constants as constants
+    import transformers.utils.hub as transformers_hub
+
+    from hub_server import FakeHubServer
+
+    with FakeHubServer() as server, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))  # not in ~/.cache
+        # huggingface_hub reads HF_ENDPOINT and HF_HUB_DISABLE_XET at import time: point its constants at the server.
+        patch.setattr(constants, "ENDPOINT", server.endpoint)
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        patch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        patch.setattr(transformers_hub, "_hf_api", None)  # the Trainer's shared HfApi, rebuilt on the new endpoint
+        yield server
+        assert server.unhandled == [], f"requests the test double does not implement: {server.unhandled}"

@@ -1,14 +1,12 @@
 """`moe-audio ablate` on a reduced budget: the table, the parameter counts, and resuming."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+
+import pytest
 
 from modeling_moe_audio.presets import ABLATIONS, ablation_config
 
-
-MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
+from helpers import moe_audio_process
 
 
 def test_ablation_configs_follow_tables_2_and_3():
@@ -23,9 +21,10 @@ def test_ablation_configs_follow_tables_2_and_3():
     assert len(ABLATIONS) == 7
 
 
+@pytest.mark.slow
 def test_reduced_ablation_writes_the_table_and_resumes(tmp_path):
-    command = [MOE_AUDIO, "ablate", "--quick", "--output_dir", str(tmp_path), "--configs", "8-choose-4,8-choose-1"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    command = ["ablate", "--quick", "--output_dir", tmp_path, "--configs", "8-choose-4,8-choose-1"]
+    first = moe_audio_process(*command)
     assert first.returncode == 0, first.stderr[-3000:]
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert table[0].startswith("| configuration | overall | speech | music | sound |")
@@ -36,6 +35,6 @@ def test_reduced_ablation_writes_the_table_and_resumes(tmp_path):
     assert all(r["balance"]["max_mean_load"] >= 1.0 for r in results)
     trained = (tmp_path / "8-choose-1" / "model.safetensors").stat().st_mtime
     # Resuming: finished configurations are read back, not trained again.
-    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    second = moe_audio_process(*command)
     assert second.returncode == 0 and (tmp_path / "8-choose-1" / "model.safetensors").stat().st_mtime == trained
     assert "stage full" not in second.stdout

@@ -9,11 +9,8 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 
 from modeling_moe_audio.analysis import gradients as conflicts
 from modeling_moe_audio.analysis import measuring, report, routing
-from modeling_moe_audio.checkpoints.build import init_checkpoint
-from modeling_moe_audio.data.corpus import write_corpus
 from modeling_moe_audio.data.collator import MoEAudioDataCollator
 from modeling_moe_audio.data.manifest import load_manifest
-from modeling_moe_audio.presets import load_config, shipped_tokenizer
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,10 +26,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(make_corpus):
     """24 train and 12 test rows: each of the three categories has 8 and 4 (4 questions per clip)."""
     sizes = {"train": 24, "validation": 1, "test": 12}
-    manifests = write_corpus(tmp_path_factory.mktemp("corpus"), seed=1, sizes=sizes)
+    manifests = make_corpus(seed=1, sizes=sizes)
     train, test = list(load_manifest(manifests["train"])[0]), list(load_manifest(manifests["test"])[0])
     for rows in (train, test):
         assert {row["category"] for row in rows} == {"speech", "music", "sound"}
@@ -40,10 +37,11 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, tiny_checkpoint, tiny_dense_checkpoint):
+    """`moe` and `dense`: the shared tiny-4s checkpoints (linked, read-only)."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    for name, overrides in (("moe", {}), ("dense", {"adapter_type": "dense"})):
-        init_checkpoint(load_config("tiny-4s", **overrides), folder / name, tokenizer=shipped_tokenizer("tiny-4s"))
+    (folder / "moe").symlink_to(tiny_checkpoint, target_is_directory=True)
+    (folder / "dense").symlink_to(tiny_dense_checkpoint, target_is_directory=True)
     return folder
 
 

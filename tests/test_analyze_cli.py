@@ -1,35 +1,29 @@
 """`moe-audio analyze` and the gradient-conflict callback during training."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from modeling_moe_audio.checkpoints.build import init_checkpoint
-from modeling_moe_audio.data.corpus import write_corpus
-from modeling_moe_audio.presets import load_config, shipped_tokenizer
 from modeling_moe_audio.commands.train import build_parser
 from modeling_moe_audio.training.trainer import build_trainer
 
-
-MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
+from helpers import moe_audio_result
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"), seed=5, sizes={"train": 24, "validation": 12, "test": 12})
+def corpus(make_corpus):
+    return make_corpus(seed=5, sizes={"train": 24, "validation": 12, "test": 12})
 
 
-@pytest.mark.parametrize("adapter_type", ["moe", "dense"])
-def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type):
-    checkpoint = tmp_path / "ckpt"
-    init_checkpoint(load_config("tiny-4s", adapter_type=adapter_type), checkpoint,
-                    tokenizer=shipped_tokenizer("tiny-4s"))
+@pytest.mark.parametrize("adapter_type, in_process", [
+    pytest.param("moe", True, id="moe"), pytest.param("dense", True, id="dense"),
+    pytest.param("moe", False, marks=pytest.mark.slow, id="moe-process"),  # the command in a process of its own
+])
+def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type, in_process, request, capsys):
+    checkpoint = request.getfixturevalue("tiny_checkpoint" if adapter_type == "moe" else "tiny_dense_checkpoint")
     out = tmp_path / "analysis"
-    result = subprocess.run([MOE_AUDIO, "analyze", str(checkpoint), str(corpus["train"]), "--output_dir", str(out),
-                             "--eval_data", str(corpus["validation"])], capture_output=True, text=True, timeout=300)
+    result = moe_audio_result(capsys, "analyze", checkpoint, corpus["train"], "--output_dir", out,
+                              "--eval_data", corpus["validation"], in_process=in_process, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     analysis = json.loads((out / "analysis.json").read_text())
     assert (out / "gradient_cosine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -45,9 +39,8 @@ def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type):
     assert (out / "analysis.json").read_bytes() == saved
 
 
-def test_gradient_cosines_are_logged_during_training(corpus, tmp_path):
-    checkpoint = tmp_path / "ckpt"
-    init_checkpoint(load_config("tiny-4s"), checkpoint, tokenizer=shipped_tokenizer("tiny-4s"))
+def test_gradient_cosines_are_logged_during_training(corpus, tiny_checkpoint, tmp_path):
+    checkpoint = tiny_checkpoint
     script_args, training_args = build_parser().parse_args_into_dataclasses(args=[
         "--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(tmp_path / "run"),
         "--use_cpu", "--report_to", "tensorboard", "--disable_tqdm", "true", "--save_strategy", "no",
@@ -67,15 +60,14 @@ def test_gradient_cosines_are_logged_during_training(corpus, tmp_path):
     assert "train/grad_cos/speech-sound" in accumulator.Tags()["scalars"]
 
 
-def test_gradient_analysis_follows_the_trained_adapter_under_lora(corpus, tmp_path):
+def test_gradient_analysis_follows_the_trained_adapter_under_lora(corpus, tiny_checkpoint, tmp_path):
     """PEFT keeps a frozen original of the adapter beside the trained copy; the analyses measure the copy."""
     from modeling_moe_audio.analysis.gradients import category_gradients
     from modeling_moe_audio.analysis.routing import expert_activation
     from modeling_moe_audio.data.manifest import load_rows
     from modeling_moe_audio.unwrap import audio_adapter
 
-    checkpoint = tmp_path / "ckpt"
-    init_checkpoint(load_config("tiny-4s"), checkpoint, tokenizer=shipped_tokenizer("tiny-4s"))
+    checkpoint = tiny_checkpoint
     script_args, training_args = build_parser().parse_args_into_dataclasses(args=[
         "--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(tmp_path / "run"),
         "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--stage", "lora",

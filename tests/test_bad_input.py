@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from modeling_moe_audio import MoEAudioConfig
-from modeling_moe_audio.checkpoints.build import init_checkpoint
 from modeling_moe_audio.hub.publish import checkpoint_files, card_for_repo, without_local_paths
-from modeling_moe_audio.presets import load_config, shipped_tokenizer
+from modeling_moe_audio.presets import load_config
 
 
 @dataclass
@@ -107,10 +106,8 @@ def test_configuration(row, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("push") / "tiny"
-    init_checkpoint(load_config("tiny-4s"), folder, tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
-    return folder
+def saved_checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def folder_with(extra: Callable[[Path], None]):

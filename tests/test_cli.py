@@ -1,31 +1,25 @@
-"""The `moe-audio` console script: `params` and `init`."""
+"""The `moe-audio` console script: `params` and `init`, in this process through `main(argv)`, and (slow) once each
+in a process of its own (`python -m modeling_moe_audio.commands.main`)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
+from helpers import BOTH_WAYS, PRESETS, moe_audio, moe_audio_error, moe_audio_result
 from remote_code import run_without_package
 
 
-MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
-PRESETS = Path(__file__).resolve().parent.parent / "configuration"
+def output_of(capsys, *args):
+    """What `moe-audio ARGS`, run in this process, prints."""
+    moe_audio(*args)
+    return capsys.readouterr().out
 
 
-def moe_audio(*args, check=True):
-    result = subprocess.run([MOE_AUDIO, *args], capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
-
-
-def test_params_reproduces_table_4():
-    moe = json.loads(moe_audio("params", str(PRESETS / "paper-moe.json")).stdout)
-    dense = json.loads(moe_audio("params", "paper-dense").stdout)
+def test_params_reproduces_table_4(capsys):
+    moe = json.loads(output_of(capsys, "params", PRESETS / "paper-moe.json"))
+    dense = json.loads(output_of(capsys, "params", "paper-dense"))
     assert moe["adapter_total_params_millions"] == 94.4
     assert moe["adapter_active_params_millions"] == 70.8
     assert dense["adapter_total_params_millions"] == dense["adapter_active_params_millions"] == 94.4
@@ -58,15 +52,19 @@ def test_params_of_the_ablations_follow_their_shapes():
     assert counts["ablation-8-choose-4-no-balance-loss"]["adapter_total_params"] == paper["adapter_total_params"]
 
 
-def test_params_of_an_unknown_config_is_a_clear_error():
-    result = moe_audio("params", "nope.json", check=False)
+@BOTH_WAYS
+def test_params_of_an_unknown_config_is_a_clear_error(in_process, capsys):
+    result = moe_audio_result(capsys, "params", "nope.json", in_process=in_process, timeout=300)
     assert result.returncode != 0
     assert "No configuration file 'nope.json'" in result.stderr and "paper-moe" in result.stderr
 
 
-def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path):
+@BOTH_WAYS
+def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path, in_process, capsys):
     output = tmp_path / "tiny-moe"
-    moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output_dir", str(output))
+    result = moe_audio_result(capsys, "init", "--config", PRESETS / "tiny.json", "--output_dir", output,
+                              in_process=in_process, timeout=300)
+    assert result.returncode == 0, result.stderr
     for name in ("model.safetensors", "modeling_moe_audio.py", "processing_moe_audio.py", "chat_template.jinja"):
         assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
@@ -103,25 +101,24 @@ def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path):
     assert lines[4] == "4 3 True"  # 4 s, 37 s (two windows) and the 3 s file: four windows; three answers
 
 
-def test_init_never_overwrites_without_being_asked(tmp_path):
+def test_init_never_overwrites_without_being_asked(tmp_path, capsys):
     output = tmp_path / "mine"
     output.mkdir()
     (output / "notes.txt").write_text("keep me")
-    result = moe_audio("init", "--config", "tiny", "--output_dir", str(output), check=False)
-    assert result.returncode != 0 and "not empty" in result.stderr and "--overwrite" in result.stderr
+    stderr = moe_audio_error(capsys, "init", "--config", "tiny", "--output_dir", output)
+    assert "not empty" in stderr and "--overwrite" in stderr
     assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]
-    moe_audio("init", "--config", "tiny", "--output_dir", str(output), "--overwrite")
+    moe_audio("init", "--config", "tiny", "--output_dir", output, "--overwrite")
     assert (output / "model.safetensors").is_file() and (output / "notes.txt").read_text() == "keep me"
 
 
-def test_init_without_a_tokenizer_writes_the_model_only(tmp_path):
-    result = moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output_dir",
-                       str(tmp_path / "a"), "--tokenizer", str(PRESETS.parent / "processing" / "tiny-tokenizer"))
-    assert "and its processor" in result.stdout
+def test_init_without_a_tokenizer_writes_the_model_only(tmp_path, capsys):
+    stdout = output_of(capsys, "init", "--config", PRESETS / "tiny.json", "--output_dir", tmp_path / "a",
+                       "--tokenizer", PRESETS.parent / "processing" / "tiny-tokenizer")
+    assert "and its processor" in stdout
     custom = tmp_path / "custom.json"
     custom.write_text((PRESETS / "tiny.json").read_text())
-    result = moe_audio("init", "--config", str(custom), "--output_dir", str(tmp_path / "b"))
-    assert "no processor" in result.stdout
+    assert "no processor" in output_of(capsys, "init", "--config", custom, "--output_dir", tmp_path / "b")
     assert not (tmp_path / "b" / "processor_config.json").exists() and (tmp_path / "b" / "config.json").is_file()
 
 
@@ -132,6 +129,6 @@ def test_init_is_deterministic_per_seed(tmp_path, seed):
     paths = []
     for run in range(2):
         path = tmp_path / f"run{run}"
-        moe_audio("init", "--config", "tiny", "--output_dir", str(path), "--seed", str(seed))
+        moe_audio("init", "--config", "tiny", "--output_dir", path, "--seed", seed)
         paths.append(load_file(path / "model.safetensors"))
     assert all((paths[0][k] == paths[1][k]).all() for k in paths[0])

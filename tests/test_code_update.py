@@ -30,13 +30,12 @@ from modeling_moe_audio.hub.publish import CODE_FILES, checkpoint_files, push_ch
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
 from modeling_moe_audio.training.stages import add_lora
 
+from helpers import moe_audio, moe_audio_process, moe_audio_result
 from remote_code import PRELUDE
-from test_hub import hub  # noqa: F401 (the Hub test double, as a fixture)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
-MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
 OLD_CODE = Path(__file__).resolve().parent / "fixtures" / "moe-audio-0.1.0-code"
 PACKAGE = Path(modeling_moe_audio.__file__).resolve().parent
 # transformers 5.24 passes `cache=` where 0.1.0's output class only knows `past_key_values`; 5.25 accepts the old
@@ -132,7 +131,7 @@ def updated(old_checkpoint, tmp_path_factory):
     before = files(folder)
     # The reference: 0.1.0's own code where it runs; where it crashes, the package's classes on the same weights.
     expected = outputs_with_package(folder) if OLD_CODE_CRASHES else outputs_with_own_code(folder, work)
-    result = subprocess.run([MOE_AUDIO, "update-code", str(folder)], capture_output=True, text=True, timeout=600)
+    result = moe_audio_process("update-code", folder)  # the command's one run in a process of its own
     assert result.returncode == 0, result.stderr[-4000:]
     return {"folder": folder, "work": work, "before": before, "expected": expected, "stdout": result.stdout}
 
@@ -149,6 +148,9 @@ def test_the_fixture_is_the_code_0_1_0_wrote():
             assert shown.stdout == (OLD_CODE / name).read_bytes(), name
 
 
+# Slow (a fresh process): the same run of the old code is update-code's first probe, whose outcome (the crash on
+# 5.24, or the run) test_update_code_replaces_the_code_keeps_weights_and_logits checks in the command's output.
+@pytest.mark.slow
 def test_old_checkpoint_crashes_on_transformers_5_24_and_runs_before(old_checkpoint, tmp_path):
     np.save(tmp_path / "audio.npy", AUDIO)
     code = LOAD_WITH_AUTO_CLASSES.format(folder=str(old_checkpoint), prompt=PROMPT, out=str(tmp_path / "out.pt"))
@@ -207,16 +209,16 @@ def test_update_code_replaces_the_code_keeps_weights_and_logits(updated):
     assert torch.equal(loaded["hidden"], expected["hidden"])
 
 
-def test_a_second_run_says_already_current_and_changes_nothing(updated):
+def test_a_second_run_says_already_current_and_changes_nothing(updated, capsys):
     folder = updated["folder"]
     before = files(folder)
-    result = subprocess.run([MOE_AUDIO, "update-code", str(folder)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "is already current" in result.stdout and "nothing changed" in result.stdout
+    moe_audio("update-code", folder)
+    stdout = capsys.readouterr().out
+    assert "is already current" in stdout and "nothing changed" in stdout
     assert files(folder) == before and len(backups(folder)) == 1
 
 
-def test_push_refuses_old_code_and_never_publishes_the_backup(old_checkpoint, updated, hub):  # noqa: F811
+def test_push_refuses_old_code_and_never_publishes_the_backup(old_checkpoint, updated, hub):
     with pytest.raises(ValueError, match=r"differ from the installed moe-audio's \([a-z_.py, ]*modeling_moe_audio\.py"
                                          r"[a-z_.py, ]*\).* `moe-audio update-code "):
         push_checkpoint(old_checkpoint, "user/old", token="dummy")
@@ -234,6 +236,9 @@ def test_push_refuses_old_code_and_never_publishes_the_backup(old_checkpoint, up
         assert published[name].content == (PACKAGE / name).read_bytes()
 
 
+# Slow (three probe processes): the update itself is also in test_update_code_replaces_the_code_keeps_weights_and_logits
+# (there through the command, in a process of its own).
+@pytest.mark.slow
 def test_checkpoint_without_processor_and_with_incomplete_auto_map(tmp_path):
     folder = write_checkpoint(tmp_path / "no-processor", processor=False)
     put_old_code(folder)
@@ -286,9 +291,8 @@ def test_code_that_computes_something_else_is_refused_and_put_back(tmp_path):
     assert files(folder) == before and not backups(folder)
 
 
-def test_what_is_not_a_moe_audio_checkpoint_is_refused(old_checkpoint, tmp_path):
-    result = subprocess.run([MOE_AUDIO, "update-code", str(tmp_path / "nowhere")], capture_output=True, text=True,
-                            timeout=300)
+def test_what_is_not_a_moe_audio_checkpoint_is_refused(old_checkpoint, tmp_path, capsys):
+    result = moe_audio_result(capsys, "update-code", tmp_path / "nowhere")
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"error: {tmp_path / 'nowhere'} does not exist: pass the folder of a saved moe-audio checkpoint (the one "

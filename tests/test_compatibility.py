@@ -24,7 +24,7 @@ from modeling_moe_audio.modeling_moe_audio import (
 )
 from modeling_moe_audio.presets import TINY_TOKENIZER, load_config
 
-from conftest import make_audio_batch, make_input_ids, tiny_model, tokens_for
+from helpers import make_audio_batch, make_input_ids, tiny_model, tokens_for
 
 
 MEL_LENGTHS = [3000, 1500]
@@ -154,6 +154,7 @@ def test_from_pretrained_experts_implementation_works_like_set_experts_implement
     assert remote.config._experts_implementation == implementation
 
 
+@pytest.mark.slow  # torch.compile, as test_compiled_forward_and_generate_match_eager
 def test_dynamo_traces_the_default_kernel_in_float32(model, batch):
     """torch's meta kernel of grouped_mm takes bf16 only: under torch.compile the float32 model needs the fallback."""
     assert model.config._experts_implementation == "grouped_mm"
@@ -193,7 +194,8 @@ def test_compiled_forward_and_generate_match_eager(dtype):
 # --- audio files ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("missing", ["soundfile", "soxr"])
+# One fresh process each; the message names both packages either way, so the quick suite runs one.
+@pytest.mark.parametrize("missing", ["soundfile", pytest.param("soxr", marks=pytest.mark.slow)])
 def test_decoding_a_file_without_the_audio_packages_says_what_to_install(tmp_path, missing):
     import soundfile
 
@@ -228,17 +230,14 @@ def test_readme_client_snippet_says_what_to_install_for_files():
 # --- a trained checkpoint -------------------------------------------------------------------------------------------
 
 
-def test_batched_generate_from_a_trained_checkpoint_equals_one_row_at_a_time(tmp_path):
-    from modeling_moe_audio.checkpoints.build import init_checkpoint
-    from modeling_moe_audio.data.corpus import write_corpus
-    from modeling_moe_audio.presets import shipped_tokenizer
+def test_batched_generate_from_a_trained_checkpoint_equals_one_row_at_a_time(tiny_checkpoint, make_corpus,
+                                                                             tmp_path):
     from modeling_moe_audio.commands.train import build_parser
     from modeling_moe_audio.training.trainer import train
 
-    corpus = write_corpus(tmp_path / "corpus", seed=1, sizes={"train": 8, "validation": 2, "test": 4})
-    init_checkpoint(load_config("tiny-4s"), tmp_path / "init", tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
+    corpus = make_corpus(seed=1, sizes={"train": 8, "validation": 2, "test": 4})
     script_args, training_args = build_parser().parse_args_into_dataclasses(args=[
-        "--model", str(tmp_path / "init"), "--train_data", str(corpus["train"]), "--output_dir",
+        "--model", str(tiny_checkpoint), "--train_data", str(corpus["train"]), "--output_dir",
         str(tmp_path / "trained"), "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--save_strategy", "no",
     ])

@@ -18,15 +18,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
-from modeling_moe_audio.checkpoints.build import init_checkpoint
-from modeling_moe_audio.data.corpus import write_corpus
 from modeling_moe_audio.data.collator import MoEAudioDataCollator
 from modeling_moe_audio.data.manifest import load_manifest
 from modeling_moe_audio.hub.publish import CODE_FILES, checkpoint_files, push_checkpoint
-from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.commands.train import build_parser
 from modeling_moe_audio.training.trainer import build_trainer, save_final, train
 
+from helpers import moe_audio_process, parse_train_args
 from hub_server import FakeHubServer
 from remote_code import PRELUDE
 
@@ -39,28 +36,8 @@ PROMPT = "Listen: <|audio_pad|> Is the voice high or low?"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("init") / "tiny"
-    init_checkpoint(load_config("tiny-4s"), folder, tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
-    return folder
-
-
-@pytest.fixture
-def hub(tmp_path):
-    """A running test double of the Hub that this process's huggingface_hub and transformers talk to."""
-    import huggingface_hub.constants as constants
-    import transformers.utils.hub as transformers_hub
-
-    with FakeHubServer() as server, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))  # not in ~/.cache
-        # huggingface_hub reads HF_ENDPOINT and HF_HUB_DISABLE_XET at import time: point its constants at the server.
-        patch.setattr(constants, "ENDPOINT", server.endpoint)
-        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        patch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        patch.setattr(transformers_hub, "_hf_api", None)  # the Trainer's shared HfApi, rebuilt on the new endpoint
-        yield server
-        assert server.unhandled == [], f"requests the test double does not implement: {server.unhandled}"
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def run_fresh(code: str, home: Path, cwd: Path, hub: FakeHubServer | None = None, timeout: int = 300) -> str:
@@ -113,6 +90,8 @@ for revision, key in saved["checks"]:
 """
 
 
+# Slow (two fresh processes): pushing and loading by repo id is also in test_trainer_push_to_hub_then_load_by_repo_id.
+@pytest.mark.slow
 def test_push_then_load_by_repo_id_online_and_offline(checkpoint, hub, tmp_path):
     audio = np.sin(np.linspace(0, 2200 * np.pi, 16000)).astype(np.float32)  # 1 s, 1.1 kHz
     v1 = local_outputs(checkpoint, audio)
@@ -201,17 +180,13 @@ def test_push_checkpoint_leaves_out_training_leftovers(checkpoint, hub, tmp_path
 
 
 def parse(checkpoint, corpus, output_dir, repo_id, *extra):
-    return build_parser().parse_args_into_dataclasses(args=[
-        "--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(output_dir),
-        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0", "--data_seed", "0",
-        "--dataloader_num_workers", "0", "--save_strategy", "no", "--per_device_train_batch_size", "2",
-        "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", "dummy", *extra,
-    ])
+    return parse_train_args(checkpoint, corpus, output_dir, "--per_device_train_batch_size", "2",
+                            "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", "dummy", *extra)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"), seed=3, sizes={"train": 4, "validation": 1, "test": 1})
+def corpus(make_corpus):
+    return make_corpus(seed=3, sizes={"train": 4, "validation": 1, "test": 1})
 
 
 def test_trainer_push_to_hub_then_load_by_repo_id(checkpoint, corpus, hub, tmp_path):
@@ -268,10 +243,9 @@ def test_trainer_end_of_training_push_uploads_the_code_files(checkpoint, corpus,
 
 def test_push_command_names_the_repo_in_the_card_and_leaves_the_folder_alone(checkpoint, hub, tmp_path):
     before = (checkpoint / "README.md").read_bytes()
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "moe-audio"), "push", str(checkpoint), "user/cli-pushed", "--token", "dummy"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "home")},
+    result = moe_audio_process(
+        "push", checkpoint, "user/cli-pushed", "--token", "dummy", timeout=300,
+        env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "home")},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     card = hub.repos["user/cli-pushed"].resolve("main").files["README.md"].content.decode()

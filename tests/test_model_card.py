@@ -4,19 +4,17 @@ import re
 
 from huggingface_hub import ModelCard
 
-from modeling_moe_audio.checkpoints.build import init_checkpoint
 from modeling_moe_audio.hub.model_card import write_model_card
 from modeling_moe_audio.checkpoints.parameters import count_parameters
-from modeling_moe_audio.presets import load_config, shipped_tokenizer
+from modeling_moe_audio.presets import load_config
 
 from remote_code import run_without_package
 
 
-def test_card_metadata_and_numbers_come_from_the_checkpoint(tmp_path):
-    config = load_config("tiny-4s")
-    init_checkpoint(config, tmp_path / "ckpt", tokenizer=shipped_tokenizer("tiny-4s"))
-    assert (tmp_path / "ckpt" / "README.md").is_file(), "init writes a card"
-    path = write_model_card(tmp_path / "ckpt", repo_id="someone/tiny-moe", base_models=["Qwen/Qwen3-1.7B"],
+def test_card_metadata_and_numbers_come_from_the_checkpoint(tiny_checkpoint_copy):
+    config = load_config("tiny-4s")  # the checkpoint's
+    assert (tiny_checkpoint_copy / "README.md").is_file(), "init writes a card"
+    path = write_model_card(tiny_checkpoint_copy, repo_id="someone/tiny-moe", base_models=["Qwen/Qwen3-1.7B"],
                             datasets=["someone/audio-qa"], training_summary="Trained for 3 steps.",
                             eval_results={"accuracy": 0.75})
     card = ModelCard.load(path)
@@ -32,16 +30,14 @@ def test_card_metadata_and_numbers_come_from_the_checkpoint(tmp_path):
     assert 'from_pretrained("someone/tiny-moe", trust_remote_code=True)' in card.text
 
 
-def test_usage_snippet_runs_as_written(tmp_path):
-    init_checkpoint(load_config("tiny-4s"), tmp_path / "ckpt", tokenizer=shipped_tokenizer("tiny-4s"))
-    card = ModelCard.load(tmp_path / "ckpt" / "README.md")
+def test_usage_snippet_runs_as_written(tiny_checkpoint, tmp_path):
+    card = ModelCard.load(tiny_checkpoint / "README.md")
     snippet = re.search(r"```python\n(.*?)```", card.text, re.DOTALL).group(1)
-    assert str(tmp_path / "ckpt") in snippet  # a local card names its folder; a pushed one its repo id
+    assert str(tiny_checkpoint) in snippet  # a local card names its folder; a pushed one its repo id
     printed = run_without_package(snippet, cwd=tmp_path)
     assert printed.startswith("[") and printed.strip().endswith("]")
 
 
-def test_dense_card_says_dense(tmp_path):
-    init_checkpoint(load_config("tiny-4s", adapter_type="dense"), tmp_path / "d", tokenizer=shipped_tokenizer("tiny"))
-    text = ModelCard.load(tmp_path / "d" / "README.md").text
-    assert "dense MLP 48 -> 384 -> LLM width" in text and "dense-adapter" in ModelCard.load(tmp_path / "d" / "README.md").data.tags
+def test_dense_card_says_dense(tiny_dense_checkpoint):
+    card = ModelCard.load(tiny_dense_checkpoint / "README.md")
+    assert "dense MLP 48 -> 384 -> LLM width" in card.text and "dense-adapter" in card.data.tags

@@ -1,7 +1,5 @@
 """`moe-audio init --llm ... --audio-encoder ...`: a checkpoint from a pretrained causal LM and Whisper model."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +17,10 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
+from helpers import moe_audio, moe_audio_error
 from remote_code import run_without_package
 
 
-MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
 WORDS = ["hello", "high", "low", "music", "speech", "sound", "what", "is", "this", "?", "yes", "no"]
 
 
@@ -62,9 +60,7 @@ def whisper(tmp_path_factory):
 def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
     llm = save_llm(tmp_path / "llm", tied)
     output = tmp_path / "model"
-    result = subprocess.run([MOE_AUDIO, "init", "--llm", str(llm), "--audio_encoder", str(whisper),
-                             "--config", "tiny", "--output_dir", str(output)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    moe_audio("init", "--llm", llm, "--audio_encoder", whisper, "--config", "tiny", "--output_dir", output)
 
     source_llm = AutoModelForCausalLM.from_pretrained(llm)
     source_whisper = WhisperForConditionalGeneration.from_pretrained(whisper)
@@ -116,7 +112,6 @@ def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
     assert printed.split() == ["2", "4"]  # 6 s in 4 s windows: two windows; four new tokens
 
 
-def test_llm_and_encoder_go_together(tmp_path):
-    result = subprocess.run([MOE_AUDIO, "init", "--llm", "x", "--output_dir", str(tmp_path / "o")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "--llm and --audio_encoder go together" in result.stderr
+def test_llm_and_encoder_go_together(tmp_path, capsys):
+    stderr = moe_audio_error(capsys, "init", "--llm", "x", "--output_dir", tmp_path / "o")
+    assert "--llm and --audio_encoder go together" in stderr

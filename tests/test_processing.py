@@ -11,7 +11,7 @@ from modeling_moe_audio import MoEAudioForCausalLM, MoEAudioProcessor, load_audi
 from modeling_moe_audio.checkpoints.build import bind_processor, new_processor
 from modeling_moe_audio.presets import SHIPPED_TOKENIZERS
 
-from conftest import tiny_config
+from helpers import tiny_config
 from remote_code import run_without_package
 
 

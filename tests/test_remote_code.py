@@ -1,11 +1,15 @@
 """Checkpoints load with trust_remote_code in a process where the package is not importable."""
 
+import pytest
 import torch
 
-from conftest import make_audio_batch, make_input_ids, tiny_model, tokens_for
+from helpers import make_audio_batch, make_input_ids, tiny_model, tokens_for
 from remote_code import run_without_package
 
 
+# Slow (two fresh processes): loading with the Auto classes without the package, and generating, is also in
+# test_cli.py::test_init_writes_a_checkpoint_that_loads_without_the_package, bit-exact logits in test_hub.py.
+@pytest.mark.slow
 def test_remote_code_loads_with_all_auto_classes_and_generates(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     model = tiny_model()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,38 +13,23 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from modeling_moe_audio.checkpoints.build import init_checkpoint
-from modeling_moe_audio.data.corpus import write_corpus
 from modeling_moe_audio.data.collator import MoEAudioDataCollator
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.commands.train import build_parser
 from modeling_moe_audio.training.trainer import build_trainer
 from modeling_moe_audio.training.callbacks import AuxLossSchedule, MoEAuxLossCallback
 
+from helpers import ROOT, moe_audio_process, parse_train_args as parse, tiny_model
 from remote_code import run_without_package
 
 
-BIN = Path(sys.executable).parent
+@pytest.fixture(scope="module")
+def corpus(make_corpus):
+    return make_corpus(seed=3, sizes={"train": 48, "validation": 8, "test": 8})
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    return write_corpus(folder, seed=3, sizes={"train": 48, "validation": 8, "test": 8})
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("init") / "tiny"
-    init_checkpoint(load_config("tiny-4s"), folder, tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
-    return folder
-
-
-def parse(checkpoint, corpus, output_dir, *extra):
-    return build_parser().parse_args_into_dataclasses(args=[
-        "--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(output_dir),
-        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0", "--data_seed", "0",
-        "--dataloader_num_workers", "0", "--save_strategy", "no", *extra,
-    ])
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_callback_logs_routing_metrics_to_tensorboard_and_history(checkpoint, corpus, tmp_path):
@@ -95,8 +81,6 @@ def test_collapse_warning(caplog):
     callback._device = torch.device("cpu")
     callback._low_share_streak = torch.zeros(4, dtype=torch.long)
 
-    from conftest import tiny_model
-
     model = tiny_model()
     for _ in range(2):
         callback._pair_counts = torch.tensor([50.0, 48.0, 1.0, 45.0])
@@ -120,7 +104,7 @@ def one_sgd_step(checkpoint, corpus_dir, output_dir, batch_size, accumulation, a
     ]
     if ddp_launcher:
         result = subprocess.run([*ddp_launcher, *args], capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     else:
         from modeling_moe_audio.commands import train
@@ -130,8 +114,9 @@ def one_sgd_step(checkpoint, corpus_dir, output_dir, batch_size, accumulation, a
 
 
 @pytest.fixture(scope="module")
-def twins(corpus):
-    folder = Path(corpus["train"]).parent
+def twins(corpus, tmp_path_factory):
+    """A copy of the corpus (the shared one stays as written) with `twins.jsonl`: its first train row, twice."""
+    folder = Path(shutil.copytree(Path(corpus["train"]).parent, tmp_path_factory.mktemp("twins") / "corpus"))
     first = Path(corpus["train"]).read_text().splitlines()[0]
     (folder / "twins.jsonl").write_text(first + "\n" + first + "\n")
     return folder
@@ -153,10 +138,11 @@ def test_gradient_accumulation_keeps_the_aux_loss_weight(checkpoint, twins, tmp_
     assert not torch.allclose(full[key], without_aux[key], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(checkpoint, twins, tmp_path):
     single = one_sgd_step(checkpoint, twins, tmp_path / "single", batch_size=2, accumulation=1, aux_coef=5.0)
-    launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no_python",
-                str(BIN / "moe-audio"), "train"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "modeling_moe_audio.commands.main", "train"]
     ddp = one_sgd_step(checkpoint, twins, tmp_path / "ddp", batch_size=1, accumulation=1, aux_coef=5.0,
                        ddp_launcher=launcher)
     assert_same_weights(single, ddp)
@@ -290,10 +276,10 @@ def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
     assert printed.split() == ["MoEAudioForCausalLM", "MoEAudioProcessor"]
 
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     output = tmp_path / "demo"
-    result = subprocess.run([str(BIN / "moe-audio"), "demo", "--quick", "--output_dir", str(output)],
-                            capture_output=True, text=True, timeout=600)
+    result = moe_audio_process("demo", "--quick", "--output_dir", output)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| moe |" in result.stdout and "| dense |" in result.stdout
     summary = json.loads((output / "results.json").read_text())
@@ -308,8 +294,6 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_selection_bias_moves_toward_equal_load():
-    from conftest import tiny_model
-
     model = tiny_model(router_selection_bias=True)
     router = model.model.adapter.router
     assert torch.count_nonzero(router.selection_bias) == 0

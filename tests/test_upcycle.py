@@ -1,9 +1,5 @@
 """`moe-audio upcycle`: an MoE model whose experts start from a dense adapter's MLP."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -12,7 +8,7 @@ from modeling_moe_audio.checkpoints.build import init_checkpoint
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
 from modeling_moe_audio.checkpoints.upcycle import upcycle, upcycle_model
 
-from conftest import make_audio_batch, make_input_ids, tokens_for
+from helpers import make_audio_batch, make_input_ids, moe_audio_process, tokens_for
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +63,5 @@ def test_bad_upcycling_requests(dense, tmp_path):
     moe.save_pretrained(tmp_path / "already-moe")
     with pytest.raises(ValueError, match="starts from a dense-adapter model"):
         upcycle(tmp_path / "already-moe", tmp_path / "out")
-    result = subprocess.run([str(Path(sys.executable).parent / "moe-audio"), "upcycle", str(dense), "--output_dir",
-                             str(tmp_path / "already-moe")], capture_output=True, text=True, timeout=120)
+    result = moe_audio_process("upcycle", dense, "--output_dir", tmp_path / "already-moe", timeout=120)
     assert result.returncode != 0 and "not empty" in result.stderr
