@@ -7,9 +7,9 @@ the model as it found it: training mode, `requires_grad` flags, `.grad` fields, 
 
 The loss analysed is the next-token loss of the assistant's answer only, as in training with the collator's
 labels, computed from the logits in the model's precision (at least float32). The balance loss of eq. 6 never
-enters: `router_aux_loss_coef` (and `router_z_loss_coef`) are set to 0 while measuring and restored afterwards,
-and the loss is taken from the logits rather than from the model's `loss` (transformers' loss always upcasts to
-float32, which would cap a float64 check).
+enters: the model is called without labels and the loss is taken from the logits rather than from the model's
+`loss` (which would add the router losses, and which transformers always upcasts to float32, capping a float64
+check).
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ INFLUENCE_SIGN_CONVENTION = (
     "whose loss is measured; columns j: the category whose gradient is stepped along. Positive: a step on j lowers "
     "i's loss; negative: it raises it. I[i][i] = 1 by definition."
 )
-
-_ROUTER_LOSS_COEFFICIENTS = ("router_aux_loss_coef", "router_z_loss_coef")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rows, batches and the loss
@@ -138,27 +135,21 @@ def _analysed_parameters(model, parameters) -> list[torch.nn.Parameter]:
 
 @contextmanager
 def _measuring(model, trainable=()):
-    """Eval mode (no dropout, no router jitter), task loss only, gradients only for `trainable`; all restored.
+    """Eval mode (no dropout, no router jitter), gradients only for `trainable`; both restored.
 
     Turning `requires_grad` off elsewhere keeps the backward pass to what the analysis needs.
     """
     was_training = model.training
-    config = model.config
-    coefficients = {name: getattr(config, name) for name in _ROUTER_LOSS_COEFFICIENTS if hasattr(config, name)}
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     trainable_ids = {id(parameter) for parameter in trainable}
     try:
         model.eval()
-        for name in coefficients:
-            setattr(config, name, 0.0)
         for parameter, _ in flags:
             parameter.requires_grad_(id(parameter) in trainable_ids)
         yield
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-        for name, value in coefficients.items():
-            setattr(config, name, value)
         model.train(was_training)
 
 
@@ -243,9 +234,9 @@ def category_gradients(
     each batch's gradient is weighted by its token count and the sum divided by the category's token count, so
     batching does not change the result (up to rounding).
 
-    Only the task loss counts: the model is in eval mode (no dropout) and `router_aux_loss_coef` and
-    `router_z_loss_coef` are 0 while measuring (restored afterwards), the loss being computed from the logits. The
-    gradients come from `torch.autograd.grad`, so no parameter's `.grad` is touched.
+    Only the task loss counts: the model is in eval mode (no dropout) and the loss is computed from the logits of a
+    call without labels, so the router losses never enter. The gradients come from `torch.autograd.grad`, so no
+    parameter's `.grad` is touched.
     """
     params = _analysed_parameters(model, parameters)
     collator = MoEAudioDataCollator(processor)

@@ -515,6 +515,10 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MoEAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # lambda of eq. 6 (and the z-loss weight) as the loss uses them now: a training schedule changes these
+        # attributes, never the config, which keeps the configured values that `save_pretrained` writes.
+        self.router_aux_loss_coef = config.router_aux_loss_coef
+        self.router_z_loss_coef = config.router_z_loss_coef
         self.post_init()
 
     def get_input_embeddings(self):
@@ -582,9 +586,9 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits, labels, self.config.text_config.vocab_size, **kwargs)
             router_loss = torch.zeros((), device=loss.device)
             if outputs.aux_loss is not None:
-                router_loss = router_loss + self.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
-            if outputs.router_z_loss is not None and self.config.router_z_loss_coef:
-                router_loss = router_loss + self.config.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
+                router_loss = router_loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
+            if outputs.router_z_loss is not None and self.router_z_loss_coef:
+                router_loss = router_loss + self.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
             loss = loss + self._router_loss_share(labels, kwargs.get("num_items_in_batch")) * router_loss
 
         return MoEAudioCausalLMOutputWithPast(

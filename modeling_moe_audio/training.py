@@ -69,8 +69,8 @@ class AuxLossSchedule:
 class MoEAuxLossCallback(TrainerCallback):
     """Applies the aux-loss schedule, logs routing statistics and warns about collapsing experts.
 
-    Each step it writes lambda into the model's `router_aux_loss_coef` (the model adds lambda * aux loss to its
-    loss, weighted so gradient accumulation and DDP do not change it). A forward hook on the MoE adapter counts the
+    Each step it sets lambda as the model's `router_aux_loss_coef` attribute (the model adds lambda * aux loss to
+    its loss, weighted so gradient accumulation and DDP do not change it); the config keeps the configured value. A forward hook on the MoE adapter counts the
     routing decisions of the training batches; at every logging step it adds to the logs, for every reporting
     integration and `state.log_history`:
 
@@ -149,7 +149,7 @@ class MoEAuxLossCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         coef = self.schedule(state.global_step, state.max_steps)
-        unwrap_moe_model(model).config.router_aux_loss_coef = coef
+        unwrap_moe_model(model).router_aux_loss_coef = coef
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.bias_update_rate and self._adapter is not None and self._step_counts is not None:
@@ -161,7 +161,7 @@ class MoEAuxLossCallback(TrainerCallback):
         if logs is None or not self._hooks:
             return
         metrics = self._routing_metrics()
-        metrics["moe/aux_loss_coef"] = unwrap_moe_model(model).config.router_aux_loss_coef
+        metrics["moe/aux_loss_coef"] = unwrap_moe_model(model).router_aux_loss_coef
         # Reporting callbacks after this one read `logs`; the Trainer copied `logs` into `log_history` just before.
         logs.update(metrics)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
