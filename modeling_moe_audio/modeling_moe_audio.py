@@ -20,7 +20,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
 
@@ -115,15 +116,17 @@ class DenseAdapter(nn.Module):
         self.down_proj = nn.Linear(config.dense_intermediate_size, config.text_config.hidden_size, bias=False)
         self.output_norm = nn.LayerNorm(config.text_config.hidden_size, eps=eps)
 
-    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
         hidden = self.down_proj(self.act_fn(self.up_proj(self.input_norm(audio_features))))
-        return self.output_norm(hidden), None, None
+        return self.output_norm(hidden)
 
 
 class MoEAudioRouter(nn.Module):
     """Eq. 3: logits s = x W_g in float32, the top-k kept, softmax over the kept logits.
 
-    With `router_selection_bias`, a per-expert bias shifts which experts are chosen but not their weights.
+    With `router_selection_bias`, a per-expert bias shifts which experts are chosen but not their weights. Returns
+    `(router_logits, routing_weights, selected_experts)`: the model records the first and the last through
+    `_can_record_outputs`, and training callbacks read them with a forward hook on this class.
     """
 
     def __init__(self, config: MoEAudioConfig):
@@ -216,14 +219,14 @@ class MoEAdapter(nn.Module):
         )
         self.output_norm = nn.LayerNorm(text_hidden_size, eps=eps)
 
-    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_logits, routing_weights, selected_experts = self.router(audio_features)
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        _, routing_weights, selected_experts = self.router(audio_features)
         hidden = self.experts(self.input_norm(audio_features), selected_experts, routing_weights)
         if self.shared_expert is not None:
             hidden = hidden + self.shared_expert(audio_features)
         if self.output_projection is not None:
             hidden = self.output_projection(hidden)
-        return self.output_norm(hidden), router_logits, selected_experts
+        return self.output_norm(hidden)
 
 
 def load_balancing_loss_func(
@@ -286,6 +289,19 @@ class MoEAudioFeaturesOutput(BaseModelOutputWithPooling):
 
 
 @dataclass
+class MoEAudioAdapterOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`): the adapter's output.
+    router_logits (`tuple(torch.FloatTensor)`): each router's logits, `(num_audio_tokens, num_experts)`.
+    selected_experts (`tuple(torch.LongTensor)`): each router's chosen experts, `(num_audio_tokens, top_k)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    selected_experts: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
 class MoEAudioModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`):
@@ -329,6 +345,11 @@ class MoEAudioPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # What the router decides, recorded by transformers' output capturing (see `MoEAudioModel.adapt_audio_features`).
+    _can_record_outputs = {
+        "router_logits": OutputRecorder(MoEAudioRouter, index=0),
+        "selected_experts": OutputRecorder(MoEAudioRouter, index=2),
+    }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes the `auto_map` entry of the saved class only; a checkpoint carrying this code should
@@ -419,13 +440,27 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
 
         # Only real audio tokens go through the frontend and the adapter, so padding never reaches the router.
         audio_features = self.frontend(stacked[token_mask], semantic_ids)
-        audio_embeds, router_logits, selected_experts = self.adapter(audio_features)
+        adapted = self.adapt_audio_features(
+            audio_features, output_router_logits=True, output_selected_experts=True, return_dict=True
+        )
+        # One entry per router that ran: none for the dense adapter, one for the MoE adapter.
+        if len(adapted.router_logits) > 1:
+            raise RuntimeError(f"{len(adapted.router_logits)} routers ran for one adapter call; expected at most 1.")
         return MoEAudioFeaturesOutput(
             last_hidden_state=encoded,
-            pooler_output=audio_embeds,
-            router_logits=router_logits,
-            selected_experts=selected_experts,
+            pooler_output=adapted.last_hidden_state,
+            router_logits=adapted.router_logits[0] if adapted.router_logits else None,
+            selected_experts=adapted.selected_experts[0] if adapted.selected_experts else None,
         )
+
+    @capture_outputs
+    def adapt_audio_features(self, audio_features: torch.Tensor, **kwargs) -> "MoEAudioAdapterOutput":
+        """The adapter on the fused audio features, `(num_audio_tokens, audio_hidden_size)`.
+
+        With `output_router_logits=True` / `output_selected_experts=True`, transformers' output capturing adds what
+        each router returned (`_can_record_outputs`), one tuple entry per router that ran.
+        """
+        return MoEAudioAdapterOutput(last_hidden_state=self.adapter(audio_features))
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, num_audio_embeds):
         """Where the audio embeddings go; checks that there is exactly one placeholder per audio embedding."""

@@ -49,7 +49,10 @@ def test_moe_adapter_matches_float64_reference(implementation):
     model.set_experts_implementation(implementation)
     adapter = model.model.adapter
     x = torch.randn(37, model.config.audio_hidden_size, dtype=torch.float64)
-    output, router_logits, selected = adapter(x)
+    adapted = model.model.adapt_audio_features(x, output_router_logits=True, output_selected_experts=True)
+    (router_logits,), (selected,) = adapted.router_logits, adapted.selected_experts  # recorded from the one router
+    output = adapted.last_hidden_state
+    torch.testing.assert_close(adapter(x), output, rtol=0, atol=0)
     with torch.no_grad():
         expected = reference_adapter(adapter, x, model.config.num_experts_per_tok)
         expected_logits = x @ adapter.router.weight.T
@@ -143,7 +146,7 @@ def test_token_uses_only_its_chosen_experts(implementation):
     model.set_experts_implementation(implementation)
     adapter = model.model.adapter
     x = torch.randn(1, model.config.audio_hidden_size)
-    output, _, selected = adapter(x)
+    output, (_, _, selected) = adapter(x), adapter.router(x)
     (output * torch.randn_like(output)).sum().backward()  # a plain sum is constant after the final LayerNorm
     chosen = set(selected[0].tolist())
     for expert in range(model.config.num_experts):
@@ -158,7 +161,7 @@ def test_token_uses_only_its_chosen_experts(implementation):
     with torch.no_grad():
         adapter.experts.up_proj[unchosen].add_(1.0)
         adapter.experts.down_proj[unchosen].mul_(3.0)
-        torch.testing.assert_close(adapter(x)[0], output.detach())
+        torch.testing.assert_close(adapter(x), output.detach())
 
 
 def test_expert_kernels_agree_on_outputs_and_gradients():
@@ -170,7 +173,7 @@ def test_expert_kernels_agree_on_outputs_and_gradients():
         assert model.model.adapter.experts.config._experts_implementation == implementation
         adapter = model.model.adapter
         inputs = x.clone().requires_grad_(True)
-        output, _, _ = adapter(inputs)
+        output = adapter(inputs)
         (output * torch.randn(output.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
         grads = {name: p.grad.clone() for name, p in adapter.named_parameters()}
         results[implementation] = (output.detach(), inputs.grad.clone(), grads)
@@ -210,7 +213,7 @@ def test_output_projection_variant_writes_back_to_the_audio_width():
     adapter = model.model.adapter
     assert adapter.experts.down_proj.shape[1] == model.config.audio_hidden_size
     assert adapter.output_projection.weight.shape == (model.config.text_config.hidden_size, model.config.audio_hidden_size)
-    output, _, _ = adapter(torch.randn(5, model.config.audio_hidden_size))
+    output = adapter(torch.randn(5, model.config.audio_hidden_size))
     assert output.shape == (5, model.config.text_config.hidden_size)
 
 

@@ -17,9 +17,11 @@ def test_remote_code_loads_with_all_auto_classes_and_generates(tmp_path):
     with torch.no_grad():
         expected = model(**inputs).logits
         expected_hidden = model.model(**inputs).last_hidden_state
+        expected_routing = model(**inputs, output_router_logits=True)
     expected_generation = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0)
-    torch.save({"inputs": inputs, "logits": expected, "hidden": expected_hidden, "generation": expected_generation},
-               tmp_path / "expected.pt")
+    torch.save({"inputs": inputs, "logits": expected, "hidden": expected_hidden, "generation": expected_generation,
+                "router_logits": expected_routing.router_logits, "selected": expected_routing.selected_experts,
+                "aux_loss": expected_routing.aux_loss}, tmp_path / "expected.pt")
 
     output = run_without_package(
         f"""
@@ -37,6 +39,11 @@ def test_remote_code_loads_with_all_auto_classes_and_generates(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(model(**inputs).logits, expected["logits"], rtol=0, atol=0)
             torch.testing.assert_close(base(**inputs).last_hidden_state, expected["hidden"], rtol=0, atol=0)
+            # The router's outputs come through transformers' output recording in the checkpoint's own classes.
+            routing = model(**inputs, output_router_logits=True)
+            torch.testing.assert_close(routing.router_logits, expected["router_logits"], rtol=0, atol=0)
+            torch.testing.assert_close(routing.selected_experts, expected["selected"], rtol=0, atol=0)
+            torch.testing.assert_close(routing.aux_loss, expected["aux_loss"], rtol=0, atol=0)
         generation = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0)
         torch.testing.assert_close(generation, expected["generation"], rtol=0, atol=0)
         # A checkpoint saved from remote code carries the code on.
