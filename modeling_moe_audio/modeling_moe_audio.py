@@ -189,6 +189,21 @@ class MoEAudioExperts(nn.Module):
         return output
 
 
+class MoEAudioSharedExpert(nn.Module):
+    """The shared aggregation MLP S of eq. 4 that every token uses: S(x) = W_s2 SiLU(W_s1 LN_s(x))."""
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        output_size = config.audio_hidden_size if config.adapter_output_projection else config.text_config.hidden_size
+        self.norm = nn.LayerNorm(config.audio_hidden_size, eps=config.adapter_layer_norm_eps)
+        self.up_proj = nn.Linear(config.audio_hidden_size, config.shared_expert_intermediate_size, bias=False)
+        self.act_fn = ACT2FN["silu"]
+        self.down_proj = nn.Linear(config.shared_expert_intermediate_size, output_size, bias=False)
+
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(self.norm(audio_features))))
+
+
 class MoEAdapter(nn.Module):
     """Eqs. 2-5: y = LN(W_P (sum_{i in top-k} G(x)_i E_i(LN(x)) + S(LN_s(x)))).
 
@@ -200,18 +215,10 @@ class MoEAdapter(nn.Module):
         super().__init__()
         eps = config.adapter_layer_norm_eps
         text_hidden_size = config.text_config.hidden_size
-        output_size = config.audio_hidden_size if config.adapter_output_projection else text_hidden_size
         self.router = MoEAudioRouter(config)
         self.input_norm = nn.LayerNorm(config.audio_hidden_size, eps=eps)
         self.experts = MoEAudioExperts(config)
-        self.shared_expert = None
-        if config.shared_expert_intermediate_size:
-            self.shared_expert = nn.Sequential(
-                nn.LayerNorm(config.audio_hidden_size, eps=eps),
-                nn.Linear(config.audio_hidden_size, config.shared_expert_intermediate_size, bias=False),
-                ACT2FN["silu"],
-                nn.Linear(config.shared_expert_intermediate_size, output_size, bias=False),
-            )
+        self.shared_expert = MoEAudioSharedExpert(config) if config.shared_expert_intermediate_size else None
         self.output_projection = (
             nn.Linear(config.audio_hidden_size, text_hidden_size, bias=False)
             if config.adapter_output_projection
@@ -350,8 +357,24 @@ class MoEAudioPreTrainedModel(PreTrainedModel):
         "router_logits": OutputRecorder(MoEAudioRouter, index=0),
         "selected_experts": OutputRecorder(MoEAudioRouter, index=2),
     }
+    # Checkpoints of moe-audio up to 0.2.0 hold the shared expert as an `nn.Sequential`, its weights named by position.
+    # `from_pretrained` passes this to transformers as `key_mapping` (transformers 5 no longer reads the attribute
+    # itself; PEFT still does, so LoRA adapters saved with the adapter in `modules_to_save` load too).
+    _checkpoint_conversion_mapping = {
+        r"shared_expert\.0\.": "shared_expert.norm.",
+        r"shared_expert\.1\.": "shared_expert.up_proj.",
+        r"shared_expert\.3\.": "shared_expert.down_proj.",
+    }
+
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        key_mapping = {**cls._checkpoint_conversion_mapping, **(key_mapping or {})}
+        return super().from_pretrained(*args, key_mapping=key_mapping, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        # Always in the current layout: transformers would otherwise rename back what `key_mapping` renamed at load
+        # (`save_original_format`), so a re-saved old checkpoint would keep the positional names forever.
+        kwargs.setdefault("save_original_format", False)
         # transformers writes the `auto_map` entry of the saved class only; a checkpoint carrying this code should
         # also load as the base model and through the any-to-any pipeline.
         if self.is_remote_code():
@@ -649,5 +672,6 @@ __all__ = [
     "MoEAudioModel",
     "MoEAudioPreTrainedModel",
     "MoEAudioRouter",
+    "MoEAudioSharedExpert",
     "load_balancing_loss_func",
 ]

@@ -1,5 +1,7 @@
 """Shared helpers: tiny random models built from the `tiny` preset and inputs with real audio placeholders."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -50,6 +52,29 @@ def make_input_ids(config, audio_tokens_per_row, prompt_lengths, seed=0, padding
 
 def tokens_for(mel_lengths, config):
     return [int(num_audio_tokens(length, config.frame_stacking_factor)) for length in mel_lengths]
+
+
+# How moe-audio up to 0.2.0 named the shared expert's weights: by position in an `nn.Sequential`.
+POSITIONAL_SHARED_EXPERT_NAMES = {
+    ".shared_expert.norm.": ".shared_expert.0.",
+    ".shared_expert.up_proj.": ".shared_expert.1.",
+    ".shared_expert.down_proj.": ".shared_expert.3.",
+}
+
+
+def use_positional_shared_expert_names(folder) -> None:
+    """Rewrite `folder`'s model.safetensors with the weight names moe-audio up to 0.2.0 wrote; same tensors."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    weights = load_file(path)
+    renamed = {}
+    for key, value in weights.items():
+        for new, old in POSITIONAL_SHARED_EXPERT_NAMES.items():
+            key = key.replace(new, old)
+        renamed[key] = value
+    assert renamed.keys() != weights.keys(), "the checkpoint has no shared expert to rename"
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ def reference_adapter(adapter: MoEAdapter, x: torch.Tensor, top_k: int) -> torch
             gate * (adapter.experts.down_proj[e] @ silu(adapter.experts.up_proj[e] @ normed))  # eqs. 2 and 4
             for gate, e in zip(gates, kept.tolist())
         )
-        shared_norm, shared_up, _, shared_down = adapter.shared_expert
-        h = h + shared_down.weight @ silu(shared_up.weight @ layer_norm(shared_norm, token))
+        shared = adapter.shared_expert
+        h = h + shared.down_proj.weight @ silu(shared.up_proj.weight @ layer_norm(shared.norm, token))
         outputs.append(layer_norm(adapter.output_norm, h))  # eq. 5 (W_P folded into the output matrices)
     return torch.stack(outputs)
 

@@ -1,8 +1,11 @@
 """Checkpoints load with trust_remote_code in a process where the package is not importable."""
 
-import torch
+import json
 
-from conftest import make_audio_batch, make_input_ids, tiny_model, tokens_for
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_audio_batch, make_input_ids, tiny_model, tokens_for, use_positional_shared_expert_names
 from remote_code import run_without_package
 
 
@@ -63,3 +66,42 @@ def test_remote_code_loads_with_all_auto_classes_and_generates(tmp_path):
         cwd=tmp_path,
     )
     assert output.strip().endswith("MoEAudioModel")
+
+
+def test_checkpoint_with_positional_shared_expert_names_loads_and_is_resaved_with_named_ones(tmp_path):
+    """Checkpoints up to moe-audio 0.2.0 name the shared expert's weights by position (`shared_expert.0.weight`);
+    the checkpoint's own code maps them to the named layers through transformers' `key_mapping`."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "old")
+    named = {key for key in load_file(tmp_path / "old" / "model.safetensors") if ".shared_expert." in key}
+    assert named == {"model.adapter.shared_expert.norm.weight", "model.adapter.shared_expert.norm.bias",
+                     "model.adapter.shared_expert.up_proj.weight", "model.adapter.shared_expert.down_proj.weight"}
+    use_positional_shared_expert_names(tmp_path / "old")
+    features, mask = make_audio_batch(model.config, [3000, 640])
+    input_ids, attention_mask = make_input_ids(model.config, tokens_for([3000, 640], model.config), [5, 8])
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, input_features=features, input_features_mask=mask)
+    with torch.no_grad():
+        torch.save({"inputs": inputs, "logits": model(**inputs).logits}, tmp_path / "expected.pt")
+
+    output = run_without_package(
+        f"""
+        import json
+        import torch
+        from transformers import AutoModelForCausalLM
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        model, info = AutoModelForCausalLM.from_pretrained({str(tmp_path / "old")!r}, trust_remote_code=True,
+                                                           output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(**expected["inputs"]).logits, expected["logits"], rtol=0, atol=0)
+        model.save_pretrained({str(tmp_path / "resaved")!r})
+        print(json.dumps("OK"))
+        """,
+        cwd=tmp_path,
+    )
+    assert json.loads(output.strip().splitlines()[-1]) == "OK"
+    resaved = load_file(tmp_path / "resaved" / "model.safetensors")
+    assert {key for key in resaved if ".shared_expert." in key} == named
+    original = load_file(tmp_path / "old" / "model.safetensors")
+    assert torch.equal(resaved["model.adapter.shared_expert.up_proj.weight"],
+                       original["model.adapter.shared_expert.1.weight"])
