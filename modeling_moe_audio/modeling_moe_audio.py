@@ -27,55 +27,6 @@ from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Expert kernels. The paper's experts read the audio width d and write the LLM width D (2560 -> 1280 -> 2048 in
-# Table 4), while transformers' own `grouped_mm` / `batched_mm` kernels assume an expert writes the width it
-# reads. These two follow the same algorithms for rectangular experts and plug into the same experts interface.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """transformers' grouped matmul: torch's kernel where it runs, else the library's fallback operator (torch.compile
-    takes torch's kernel in bf16 only, and torch has no float64 kernel)."""
-    if weights.dtype == torch.float64:
-        return torch.ops.transformers.grouped_mm_fallback(inputs.to(weights.dtype), weights, offs=offsets)
-    return transformers_moe._grouped_mm(inputs, weights, offs=offsets)
-
-
-def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice."""
-    num_tokens, top_k = top_k_index.shape
-    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)
-    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)
-    # Repeat, then permute: the gradient of a gather with repeated indices is summed in a thread-dependent order on
-    # CPU, which made runs with the same seed drift apart; a permutation has no repeats.
-    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]
-    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))
-    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)
-    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)
-    # Summing in token order (not index_add_) keeps the result deterministic on every device.
-    inverse_order = torch.empty_like(order)
-    inverse_order[order] = torch.arange(order.numel(), device=order.device)
-    return pair_outputs[inverse_order].view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
-
-
-def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry."""
-    num_tokens, top_k = top_k_index.shape
-    expert_of_pair = top_k_index.reshape(-1)
-    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0).to(experts.up_proj.dtype)
-    hidden = experts.act_fn(torch.bmm(experts.up_proj[expert_of_pair], pair_inputs.unsqueeze(-1)).squeeze(-1))
-    pair_outputs = torch.bmm(experts.down_proj[expert_of_pair], hidden.unsqueeze(-1)).squeeze(-1)
-    pair_outputs = pair_outputs * top_k_weights.reshape(-1, 1).to(pair_outputs.dtype)
-    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
-
-
-class RectangularExpertsInterface(ExpertsInterface):
-    """The experts interface of transformers, with kernels for experts whose output width differs from their input."""
-
-    _global_mapping = {"grouped_mm": grouped_mm_experts_forward, "batched_mm": batched_mm_experts_forward}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Frontend and adapters
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -164,9 +115,24 @@ class MoEAudioRouter(nn.Module):
         return router_logits, routing_weights, selected_experts
 
 
+class RectangularExpertsInterface(ExpertsInterface):
+    """transformers' experts interface, for experts whose output width differs from their input width.
+
+    The paper's experts read the audio width d and write the LLM width D (2560 -> 1280 -> 2048 in Table 4), while
+    transformers' own `grouped_mm` / `batched_mm` kernels assume an expert writes the width it reads. This interface
+    offers the same two algorithms for rectangular experts, defined and registered at the end of this file ("Expert
+    kernels"); `use_experts_implementation` looks the kernel up at every call, so the mapping may be filled later.
+    """
+
+    _global_mapping = {}
+
+
 @use_experts_implementation(experts_interface=RectangularExpertsInterface(), has_gate=False)
 class MoEAudioExperts(nn.Module):
-    """Eq. 2: N experts E_i(x) = W_e2 SiLU(W_e1 x), stored as 3D tensors; eq. 4: their routing-weighted sum."""
+    """Eq. 2: N experts E_i(x) = W_e2 SiLU(W_e1 x), stored as 3D tensors; eq. 4: their routing-weighted sum.
+
+    `forward` is the eager kernel; `config._experts_implementation` picks `grouped_mm` (the default) or `batched_mm`.
+    """
 
     def __init__(self, config: MoEAudioConfig):
         super().__init__()
@@ -179,14 +145,17 @@ class MoEAudioExperts(nn.Module):
         self.act_fn = ACT2FN["silu"]
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        """Eager kernel: one pass per expert that received tokens."""
-        output = hidden_states.new_zeros(hidden_states.shape[0], self.down_proj.shape[1])
+        """Eager kernel: each expert that received tokens runs once on them, writing each (token, slot) pair's output
+        in its own place; each token's k outputs are then summed in slot order. Unlike `index_add_`, whose summation
+        order follows the threads, this gives bit-identical results and gradients from run to run."""
+        num_tokens, top_k = top_k_index.shape
+        pair_outputs = hidden_states.new_zeros(num_tokens, top_k, self.down_proj.shape[1])  # (tokens, k, D)
         for expert in top_k_index.unique().tolist():
-            token_index, slot = torch.where(top_k_index == expert)
-            hidden = self.act_fn(nn.functional.linear(hidden_states[token_index], self.up_proj[expert]))
-            expert_output = nn.functional.linear(hidden, self.down_proj[expert])
-            output.index_add_(0, token_index, expert_output * top_k_weights[token_index, slot, None].to(output.dtype))
-        return output
+            token_index, slot = torch.where(top_k_index == expert)  # (n,), (n,): the n pairs routed to `expert`
+            hidden = self.act_fn(nn.functional.linear(hidden_states[token_index], self.up_proj[expert]))  # (n, h)
+            pair_outputs[token_index, slot] = nn.functional.linear(hidden, self.down_proj[expert])  # (n, D)
+        weighted = pair_outputs * top_k_weights.unsqueeze(-1).to(pair_outputs.dtype)  # (tokens, k, D)
+        return weighted.sum(dim=1)  # (tokens, D)
 
 
 class MoEAudioSharedExpert(nn.Module):
@@ -661,6 +630,57 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
             selected_experts=outputs.selected_experts,
             **{CACHE_FIELD: outputs.get(CACHE_FIELD)},
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expert kernels: transformers' `grouped_mm` and `batched_mm` algorithms (transformers/integrations/moe.py) for
+# rectangular experts, registered into `RectangularExpertsInterface`. They can go once transformers' own kernels
+# take an output width that differs from the input width (moe-audio's docs/upstream-rectangular-experts.md).
+# Shapes: S = tokens * k (token, expert) pairs, d = input width, h = expert width, D = output width, E = experts.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """transformers' grouped matmul: torch's kernel where it runs, else the library's fallback operator (torch.compile
+    takes torch's kernel in bf16 only, and torch has no float64 kernel)."""
+    if weights.dtype == torch.float64:
+        return torch.ops.transformers.grouped_mm_fallback(inputs.to(weights.dtype), weights, offs=offsets)
+    return transformers_moe._grouped_mm(inputs, weights, offs=offsets)
+
+
+def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
+    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice."""
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (S,), (S,)
+    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)  # (E,)
+    # Repeat, then permute: the gradient of a gather with repeated indices is summed in a thread-dependent order on
+    # CPU, which made runs with the same seed drift apart; a permutation has no repeats.
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]  # (S, d), sorted by expert
+    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))  # (S, h)
+    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)  # (S, D)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)  # (S, D)
+    # Summing in token order (not index_add_) keeps the result deterministic on every device.
+    inverse_order = torch.empty_like(order)  # (S,)
+    inverse_order[order] = torch.arange(order.numel(), device=order.device)
+    pair_outputs = pair_outputs[inverse_order]  # (S, D), back in (token, slot) order
+    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)  # (tokens, D)
+
+
+def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
+    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry."""
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair = top_k_index.reshape(-1)  # (S,)
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0).to(experts.up_proj.dtype)  # (S, d)
+    up = experts.up_proj[expert_of_pair]  # (S, h, d)
+    hidden = experts.act_fn(torch.bmm(up, pair_inputs.unsqueeze(-1)).squeeze(-1))  # (S, h)
+    down = experts.down_proj[expert_of_pair]  # (S, D, h)
+    pair_outputs = torch.bmm(down, hidden.unsqueeze(-1)).squeeze(-1)  # (S, D)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1, 1).to(pair_outputs.dtype)  # (S, D)
+    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)  # (tokens, D)
+
+
+RectangularExpertsInterface.register("grouped_mm", grouped_mm_experts_forward)
+RectangularExpertsInterface.register("batched_mm", batched_mm_experts_forward)
 
 
 __all__ = [

@@ -92,8 +92,7 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
     """The model set up for its stage, the data, and a `Trainer` with the aux-loss callback first in line."""
     processor = AutoProcessor.from_pretrained(script_args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(script_args.model, trust_remote_code=True)
-    if script_args.aux_loss_coef is not None:
-        # The configured lambda, which the saved config records; the schedule moves only the model's attribute.
+    if script_args.aux_loss_coef is not None:  # the configured lambda, which the saved config records
         model.config.router_aux_loss_coef = model.router_aux_loss_coef = script_args.aux_loss_coef
     if script_args.bias_update_rate and not model.config.router_selection_bias:
         raise ValueError(

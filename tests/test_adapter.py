@@ -187,6 +187,49 @@ def test_expert_kernels_agree_on_outputs_and_gradients():
             torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm", "batched_mm"])
+def test_expert_kernels_give_bit_identical_gradients_on_repeated_backward_passes(implementation):
+    """Same inputs, same gradients to the bit, also with several threads (no thread-ordered sums such as index_add_)."""
+    model = tiny_model()
+    model.set_experts_implementation(implementation)
+    experts = model.model.adapter.experts
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(301, model.config.audio_hidden_size, generator=generator)
+    routing = torch.softmax(torch.randn(301, model.config.num_experts, generator=generator), -1)
+    weights, index = routing.topk(model.config.num_experts_per_tok)  # every token uses k distinct experts
+    upstream = torch.randn(301, experts.down_proj.shape[1], generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(2):
+            experts.zero_grad(set_to_none=True)
+            inputs, gates = x.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+            output = experts(inputs, index, gates)
+            (output * upstream).sum().backward()
+            runs.append([output.detach(), inputs.grad, gates.grad, experts.up_proj.grad, experts.down_proj.grad])
+    finally:
+        torch.set_num_threads(threads)
+    for first, second in zip(*runs):
+        assert torch.equal(first.view(torch.int32), second.view(torch.int32))
+
+
+def test_eager_experts_equal_grouped_mm_and_batched_mm_with_rectangular_experts():
+    model = tiny_model()
+    experts = model.model.adapter.experts
+    assert experts.up_proj.shape[2] != experts.down_proj.shape[1]  # reads d = 48, writes D = 64
+    x = torch.randn(97, model.config.audio_hidden_size)
+    weights, index = torch.softmax(torch.randn(97, model.config.num_experts), -1).topk(model.config.num_experts_per_tok)
+    outputs = {}
+    for implementation in ["eager", "grouped_mm", "batched_mm"]:
+        model.set_experts_implementation(implementation)
+        with torch.no_grad():
+            outputs[implementation] = experts(x, index, weights)
+    assert outputs["eager"].shape == (97, model.config.text_config.hidden_size)
+    for implementation in ["grouped_mm", "batched_mm"]:
+        torch.testing.assert_close(outputs[implementation], outputs["eager"], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm"])
 def test_experts_backward_from_a_broadcast_gradient(implementation):
     # `.sum().backward()` hands the kernel an expanded gradient, which torch's grouped_mm backward is fragile with.
