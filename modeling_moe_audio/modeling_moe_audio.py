@@ -667,7 +667,10 @@ def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weight
 
 
 def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry."""
+    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry.
+
+    The gradients of the expert weights, summed over a gather with repeated indices, vary in their last bits with
+    the thread count and scheduling: train with `grouped_mm` or eager where runs must repeat bit for bit."""
     num_tokens, top_k = top_k_index.shape
     expert_of_pair = top_k_index.reshape(-1)  # (S,)
     pair_inputs = hidden_states.repeat_interleave(top_k, dim=0).to(experts.up_proj.dtype)  # (S, d)
