@@ -146,8 +146,8 @@ class MoEAudioExperts(nn.Module):
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         """Eager kernel: each expert that received tokens runs once on them, writing each (token, slot) pair's output
-        in its own place; each token's k outputs are then summed in slot order. Unlike `index_add_`, whose summation
-        order follows the threads, this gives bit-identical results and gradients from run to run."""
+        in its own place; each token's k outputs are then summed in slot order. No `index_add_` (whose accumulation
+        order is not fixed on CUDA): results and gradients are bit-identical from run to run on every device."""
         num_tokens, top_k = top_k_index.shape
         pair_outputs = hidden_states.new_zeros(num_tokens, top_k, self.down_proj.shape[1])  # (tokens, k, D)
         for expert in top_k_index.unique().tolist():

@@ -189,7 +189,7 @@ def test_expert_kernels_agree_on_outputs_and_gradients():
 
 @pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
 def test_expert_kernels_give_bit_identical_gradients_on_repeated_backward_passes(implementation):
-    """Same inputs, same gradients to the bit, also with several threads (no thread-ordered sums such as index_add_).
+    """Same inputs, same gradients to the bit, also with several threads (no accumulation in a varying order).
 
     Not batched_mm: its expert-weight gradients come from a gather with repeated indices, summed in thread order."""
     model = tiny_model()
