@@ -62,11 +62,11 @@ POSITIONAL_SHARED_EXPERT_NAMES = {
 }
 
 
-def use_positional_shared_expert_names(folder) -> None:
-    """Rewrite `folder`'s model.safetensors with the weight names moe-audio up to 0.2.0 wrote; same tensors."""
+def use_positional_shared_expert_names(folder, weights_file: str = "model.safetensors") -> None:
+    """Rewrite `folder`'s weights with the names moe-audio up to 0.2.0 wrote; same tensors."""
     from safetensors.torch import load_file, save_file
 
-    path = Path(folder) / "model.safetensors"
+    path = Path(folder) / weights_file
     weights = load_file(path)
     renamed = {}
     for key, value in weights.items():

@@ -105,3 +105,23 @@ def test_checkpoint_with_positional_shared_expert_names_loads_and_is_resaved_wit
     original = load_file(tmp_path / "old" / "model.safetensors")
     assert torch.equal(resaved["model.adapter.shared_expert.up_proj.weight"],
                        original["model.adapter.shared_expert.1.weight"])
+
+
+def test_lora_adapter_with_positional_shared_expert_names_loads(tmp_path):
+    """PEFT maps a saved adapter's keys with the model's `_checkpoint_conversion_mapping` too: a LoRA run's trained
+    copy of the MoE adapter (`modules_to_save`), saved by 0.2.0 with positional names, loads into the named layers."""
+    from peft import PeftModel
+
+    from modeling_moe_audio.training import add_lora
+
+    trained = add_lora(tiny_model(), rank=2)
+    adapter = trained.base_model.model.model.adapter.modules_to_save["default"]
+    with torch.no_grad():
+        adapter.shared_expert.up_proj.weight.add_(1.0)  # differs from the base model's
+    trained.save_pretrained(tmp_path / "lora")
+    use_positional_shared_expert_names(tmp_path / "lora", weights_file="adapter_model.safetensors")
+    assert any(".shared_expert.1." in key for key in load_file(tmp_path / "lora" / "adapter_model.safetensors"))
+    loaded = PeftModel.from_pretrained(tiny_model(), tmp_path / "lora")
+    loaded_adapter = loaded.base_model.model.model.adapter.modules_to_save["default"]
+    for name, parameter in adapter.shared_expert.named_parameters():
+        assert torch.equal(loaded_adapter.shared_expert.get_parameter(name), parameter), name
