@@ -15,7 +15,7 @@ import time
 import numpy as np
 from transformers import AutoTokenizer
 
-from modeling_moe_audio.build import new_processor
+from modeling_moe_audio.checkpoints.build import new_processor
 from modeling_moe_audio.presets import SHIPPED_TOKENIZERS, load_config
 
 

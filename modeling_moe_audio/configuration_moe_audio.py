@@ -3,6 +3,10 @@
 This file travels with checkpoints (``trust_remote_code``): it imports only third-party packages.
 """
 
+import dataclasses
+import difflib
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
@@ -117,6 +121,13 @@ class MoEAudioConfig(PreTrainedConfig):
     tie_word_embeddings: bool | None = None
 
     def __post_init__(self, **kwargs):
+        # Keys this class does not know are kept (configs carry the library's own keys, which change with its
+        # versions), but one that is a near miss of a field is a typo that would silently leave the default in place.
+        fields = [field.name for field in dataclasses.fields(self)]
+        for key in kwargs:
+            near = difflib.get_close_matches(key, fields, n=1, cutoff=0.85)
+            if near and key not in fields:
+                raise ValueError(f"{key!r} is not a MoEAudioConfig field; did you mean {near[0]!r}? Fix the key.")
         for key in ("text_config", "audio_config"):
             value = getattr(self, key)
             if isinstance(value, dict) and "model_type" not in value:
@@ -175,8 +186,13 @@ class MoEAudioConfig(PreTrainedConfig):
                 "a token cannot use more experts than exist; lower num_experts_per_tok or raise num_experts."
             )
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 and finite.")
+        if not (math.isfinite(self.adapter_layer_norm_eps) and self.adapter_layer_norm_eps > 0):
+            raise ValueError(f"adapter_layer_norm_eps={self.adapter_layer_norm_eps} must be a small positive number "
+                             "(the paper's LayerNorms use 1e-5).")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(f"initializer_range={self.initializer_range} must be a finite number >= 0.")
         if self.router_jitter_noise >= 1:
             raise ValueError(f"router_jitter_noise={self.router_jitter_noise} must be below 1 (it scales by 1 +- noise).")
         if getattr(self.audio_config, "model_type", None) != "whisper":
@@ -191,6 +207,7 @@ class MoEAudioConfig(PreTrainedConfig):
                 "use a divisor of it (4 gives the paper's 12.5 Hz)."
             )
         vocab_size = self.text_config.vocab_size
+        audio_ids = {}
         for name in ("audio_token_id", "audio_start_token_id", "audio_end_token_id"):
             token_id = getattr(self, name)
             if token_id is not None and not 0 <= token_id < vocab_size:
@@ -198,6 +215,33 @@ class MoEAudioConfig(PreTrainedConfig):
                     f"{name}={token_id} is outside the language model's vocabulary (size {vocab_size}); add the audio "
                     "tokens to the tokenizer, resize the embeddings, and set the id the tokenizer gives."
                 )
+            if token_id is not None:
+                audio_ids.setdefault(token_id, []).append(name)
+        text_ids = {name: getattr(self.text_config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        for token_id, names in audio_ids.items():
+            clashes = names[1:] + [name for name, value in text_ids.items()
+                                   if token_id == value or (isinstance(value, list) and token_id in value)]
+            if clashes:
+                raise ValueError(
+                    f"{names[0]}={token_id} is also the {' and the '.join(clashes)}: each audio token needs an id of its "
+                    "own, or audio would replace (or be taken for) that token; add the audio tokens to the tokenizer "
+                    "and set the ids it gives."
+                )
+
+
+# JSON has one number type and many writers turn 0.0 into 0: a whole number where a float field goes is that float
+# (`@strict` alone would refuse `"router_aux_loss_coef": 0`).
+_FLOAT_FIELDS = {field.name for field in dataclasses.fields(MoEAudioConfig) if field.type is float}
+_strict_setattr = MoEAudioConfig.__setattr__
+
+
+def _setattr_taking_whole_numbers_as_floats(self, name, value):
+    if name in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _strict_setattr(self, name, value)
+
+
+MoEAudioConfig.__setattr__ = _setattr_taking_whole_numbers_as_floats
 
 
 __all__ = ["MoEAudioConfig", "num_audio_tokens"]

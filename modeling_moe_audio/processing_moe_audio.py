@@ -44,6 +44,8 @@ DEFAULT_CHAT_TEMPLATE = (
 def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Decode an audio file (wav, flac, ogg, mp3: libsndfile) to mono float32 and resample it with soxr."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Audio path {path!r} is a folder, not an audio file; give the file's path.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Audio file {path!r} does not exist.")
     return _transformers_load_audio(path, sampling_rate=sampling_rate, backend="soundfile")
@@ -171,6 +173,12 @@ class MoEAudioProcessor(ProcessorMixin):
         return outputs
 
     def _prepare_audio(self, audio, sampling_rate: int | None) -> list[np.ndarray]:
+        if sampling_rate is not None and (
+            isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer, float))
+            or float(sampling_rate) != int(sampling_rate)
+        ):
+            raise TypeError(f"sampling_rate must be a whole number of Hz, e.g. 16000 (got {sampling_rate!r}, a "
+                            f"{type(sampling_rate).__name__}).")
         if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 2:
             raise ValueError(
                 f"`audio` is one 2-D array of shape {tuple(audio.shape)}: pass a list of 1-D arrays for a batch, "
@@ -215,6 +223,13 @@ class MoEAudioProcessor(ProcessorMixin):
         full_windows = {"padding": "max_length", "max_length": self.window_samples, "pad_to_multiple_of": None}
         features = self.feature_extractor(windows, **{**kwargs, **full_windows, "return_tensors": "pt"})
         mask = features.pop("attention_mask")
+        finite = torch.isfinite(features["input_features"]).flatten(1).all(-1)  # (windows,)
+        if not finite.all():
+            clip = int(np.searchsorted(np.cumsum(windows_per_clip), int((~finite).nonzero()[0, 0]), side="right"))
+            raise ValueError(
+                f"Audio {clip} gives non-finite log-mel features: its samples are too large (up to "
+                f"{float(np.abs(audio[clip]).max()):.3g}); scale float audio to [-1, 1]."
+            )
         tokens_per_window = num_audio_tokens(mask.sum(-1), self.frame_stacking_factor)
         tokens_per_clip = [int(n.sum()) for n in torch.split(tokens_per_window, windows_per_clip)]
         processed = {"input_features": features["input_features"], "input_features_mask": mask}
@@ -255,12 +270,16 @@ class MoEAudioProcessor(ProcessorMixin):
         everywhere else (prompt, audio placeholders, padding), ready for training.
         """
         conversations = conversation if conversation and isinstance(conversation[0], list) else [conversation]
+        expected_rate = self.feature_extractor.sampling_rate
         for messages in conversations:
+            if not messages:
+                raise ValueError("A conversation is empty: give at least one message, e.g. "
+                                 "[{'role': 'user', 'content': [{'type': 'audio', 'path': 'a.wav'}, ...]}].")
             for message in messages:
                 for block in message["content"] if isinstance(message["content"], list) else []:
-                    path = block.get("path") if block.get("type") == "audio" else None
-                    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
-                        raise FileNotFoundError(f"Audio file {os.fspath(path)!r} in the conversation does not exist.")
+                    if block.get("type") == "audio" and kwargs.get("tokenize"):
+                        call_rate = kwargs.get("sampling_rate", (kwargs.get("processor_kwargs") or {}).get("sampling_rate"))
+                        self._check_audio_block(block, call_rate, expected_rate)
         if return_labels:
             if not kwargs.get("tokenize"):
                 raise ValueError("return_labels=True needs tokenize=True (labels are token ids).")
@@ -273,6 +292,33 @@ class MoEAudioProcessor(ProcessorMixin):
             input_ids = torch.as_tensor(outputs["input_ids"])
             outputs["labels"] = input_ids.masked_fill(assistant_mask == 0, -100)
         return outputs
+
+    @staticmethod
+    def _check_audio_block(block: dict, call_rate, expected_rate: int) -> None:
+        """A file must exist; an array needs its sampling rate (in the block or the call), which must be the model's.
+        Checked where audio is processed (`tokenize=True`)."""
+        source = block.get("path", block.get("audio", block.get("url")))
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            if "://" in path or path.startswith("data:"):
+                return
+            if os.path.isdir(path):
+                raise IsADirectoryError(f"Audio path {path!r} in the conversation is a folder, not an audio file.")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Audio file {path!r} in the conversation does not exist.")
+            return
+        rate = block.get("sampling_rate", call_rate)
+        if rate is None:
+            raise ValueError(
+                f"An audio block holds an array but no sampling rate: add \"sampling_rate\": {expected_rate} to the "
+                f"block, or pass processor_kwargs={{'sampling_rate': {expected_rate}}} to apply_chat_template (resample other "
+                "rates first)."
+            )
+        if rate != expected_rate:
+            raise ValueError(
+                f"An audio block's array is sampled at {rate} Hz but the model expects {expected_rate} Hz: resample it, "
+                f"e.g. soxr.resample(audio, {rate}, {expected_rate})."
+            )
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modeling_moe_audio.ablate import ABLATIONS, ablation_config
+from modeling_moe_audio.presets import ABLATIONS, ablation_config
 
 
 MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
@@ -24,7 +24,7 @@ def test_ablation_configs_follow_tables_2_and_3():
 
 
 def test_reduced_ablation_writes_the_table_and_resumes(tmp_path):
-    command = [MOE_AUDIO, "ablate", "--quick", "--output", str(tmp_path), "--configs", "8-choose-4,8-choose-1"]
+    command = [MOE_AUDIO, "ablate", "--quick", "--output_dir", str(tmp_path), "--configs", "8-choose-4,8-choose-1"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     table = (tmp_path / "ablation.md").read_text().splitlines()

@@ -1,4 +1,4 @@
-"""Section 5's analyses (modeling_moe_audio/analysis.py) against independent computations on tiny models."""
+"""Section 5's analyses (modeling_moe_audio/analysis/) against independent computations on tiny models."""
 
 import copy
 import json
@@ -7,10 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from modeling_moe_audio import analysis
-from modeling_moe_audio.build import init_checkpoint
-from modeling_moe_audio.corpus import write_corpus
-from modeling_moe_audio.data import MoEAudioDataCollator, load_manifest
+from modeling_moe_audio.analysis import gradients as conflicts
+from modeling_moe_audio.analysis import measuring, report, routing
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.data.corpus import write_corpus
+from modeling_moe_audio.data.collator import MoEAudioDataCollator
+from modeling_moe_audio.data.manifest import load_manifest
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
 
 
@@ -115,7 +117,7 @@ def test_expert_activation_counts_equal_a_direct_count_of_routing_decisions(chec
                 counts[expert] += 1
             expected_tokens[row["category"]] = expected_tokens.get(row["category"], 0) + selected.shape[0]
 
-    result = analysis.expert_activation(model, processor, rows, batch_size=5)  # mixed categories, padded batches
+    result = routing.expert_activation(model, processor, rows, batch_size=5)  # mixed categories, padded batches
     assert result["categories"] == ["speech", "music", "sound"]
     assert result["counts"] == expected_counts
     assert result["tokens"] == expected_tokens
@@ -140,7 +142,7 @@ def float64_moe(checkpoints, corpus):
 
 def test_gradients_and_cosine_match_a_float64_reference(float64_moe, corpus):
     model, processor, reference = float64_moe
-    gradients = analysis.category_gradients(model, processor, corpus[0], batch_size=3)  # 8 rows: batches 3, 3, 2
+    gradients = conflicts.category_gradients(model, processor, corpus[0], batch_size=3)  # 8 rows: batches 3, 3, 2
     assert list(gradients) == ["speech", "music", "sound"]
     for category, pieces in reference.items():
         assert gradients[category].dtype == torch.float64
@@ -148,7 +150,7 @@ def test_gradients_and_cosine_match_a_float64_reference(float64_moe, corpus):
         # here, 8 in the reference) round differently at float32's epsilon; the loss itself matches to 1e-15.
         torch.testing.assert_close(gradients[category], flat(pieces), rtol=1e-6, atol=1e-6 * flat(pieces).abs().max())
 
-    categories, matrix = analysis.gradient_cosine(gradients)
+    categories, matrix = conflicts.gradient_cosine(gradients)
     for i, a in enumerate(categories):
         for j, b in enumerate(categories):
             g_a, g_b = flat(reference[a]), flat(reference[b])
@@ -160,7 +162,7 @@ def test_influence_matches_explicit_steps_on_copied_parameters(float64_moe, corp
     model, processor, reference = float64_moe
     train, test = corpus
     step_size, batch_size = 1e-2, 3  # 4 held-out rows per category: batches of 3 and 1
-    categories, matrix = analysis.gradient_influence(model, processor, train, test, step_size, batch_size=batch_size)
+    categories, matrix = conflicts.gradient_influence(model, processor, train, test, step_size, batch_size=batch_size)
 
     eval_batches = {
         c: [m[s : s + batch_size] for s in range(0, len(m), batch_size)] for c, m in by_category(test).items()
@@ -194,7 +196,7 @@ def test_influence_sign_convention_on_a_constructed_conflict(float64_moe, corpus
     speech = flat(reference["speech"])
     gradients = {"speech": speech, "music": -speech, "sound": flat(reference["sound"])}
     train = corpus[0]  # measured on the rows g_speech came from, so a step along g_speech lowers their loss
-    categories, matrix = analysis.gradient_influence(model, processor, None, train, 1e-3, gradients=gradients)
+    categories, matrix = conflicts.gradient_influence(model, processor, None, train, 1e-3, gradients=gradients)
     assert categories == ["speech", "music", "sound"]
     assert torch.equal(matrix.diagonal(), torch.ones(3, dtype=torch.float64))
     assert matrix[0, 1].item() < 0
@@ -205,10 +207,10 @@ def test_influence_without_a_measurable_own_step_is_nan_with_a_warning(float64_m
     model, processor, reference = float64_moe
     gradients = {category: flat(pieces) for category, pieces in reference.items()}
     with pytest.warns(RuntimeWarning, match="rounding noise"):
-        _, matrix = analysis.gradient_influence(model, processor, None, corpus[1], 1e-30, gradients=gradients)
+        _, matrix = conflicts.gradient_influence(model, processor, None, corpus[1], 1e-30, gradients=gradients)
     assert torch.isnan(matrix).all()
     with pytest.raises(ValueError, match="step_size must be a positive"):
-        analysis.gradient_influence(model, processor, None, corpus[1], 0.0, gradients=gradients)
+        conflicts.gradient_influence(model, processor, None, corpus[1], 0.0, gradients=gradients)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,12 +240,12 @@ def test_influence_restores_parameters_bit_exactly_and_leaves_the_model_as_found
         assert all(p.grad is None for p in model.parameters() if p is not adapter_parameter and p is not llm_parameter)
 
     train, test = corpus
-    _, matrix = analysis.gradient_influence(model, processor, train, test, step_size=0.5, batch_size=8)
+    _, matrix = conflicts.gradient_influence(model, processor, train, test, step_size=0.5, batch_size=8)
     assert torch.isfinite(matrix).all()
     assert_as_found()
 
     # An error with a step applied still restores the parameters.
-    calls, mean_loss = [], analysis._mean_loss
+    calls, mean_loss = [], conflicts._mean_loss
 
     def failing_mean_loss(*args):
         calls.append(None)
@@ -251,9 +253,9 @@ def test_influence_restores_parameters_bit_exactly_and_leaves_the_model_as_found
             raise RuntimeError("boom")
         return mean_loss(*args)
 
-    monkeypatch.setattr(analysis, "_mean_loss", failing_mean_loss)
+    monkeypatch.setattr(conflicts, "_mean_loss", failing_mean_loss)
     with pytest.raises(RuntimeError, match="boom"):
-        analysis.gradient_influence(model, processor, train, test, step_size=0.5, batch_size=8)
+        conflicts.gradient_influence(model, processor, train, test, step_size=0.5, batch_size=8)
     assert_as_found()
 
 
@@ -282,9 +284,9 @@ def test_dense_model_gets_gradient_analyses_and_a_no_experts_message(checkpoints
     model, processor = load(checkpoints, "dense")
     train, test = corpus
     with pytest.raises(ValueError, match="dense adapter has no experts to map"):
-        analysis.expert_activation(model, processor, test)
+        routing.expert_activation(model, processor, test)
 
-    result = analysis.run_analysis(model, processor, train, tmp_path, eval_rows=test, batch_size=8)
+    result = report.run_analysis(model, processor, train, tmp_path, eval_rows=test, batch_size=8)
     assert "no experts to map" in result["expert_activation"]["skipped"]
     assert not (tmp_path / "expert_heatmap.png").exists()
     assert sorted(result["files"]) == ["gradient_cosine", "gradient_influence"]
@@ -301,7 +303,7 @@ def test_dense_model_gets_gradient_analyses_and_a_no_experts_message(checkpoints
 def test_run_analysis_writes_json_and_three_pngs_for_a_moe_model(checkpoints, corpus, tmp_path):
     model, processor = load(checkpoints, "moe")
     train, test = corpus
-    result = analysis.run_analysis(model, processor, train + test, tmp_path, batch_size=8)  # split in halves
+    result = report.run_analysis(model, processor, train + test, tmp_path, batch_size=8)  # split in halves
     saved = strict_json(tmp_path / "analysis.json")
     assert saved["categories"] == ["speech", "music", "sound"]
     assert saved["expert_activation"]["tokens"] == result["expert_activation"]["tokens"]
@@ -319,10 +321,10 @@ def test_run_analysis_writes_json_and_three_pngs_for_a_moe_model(checkpoints, co
 
 def test_split_rows_halves_each_category_without_overlap(corpus):
     train = corpus[0]
-    gradient_rows, eval_rows = analysis.split_rows(train)
+    gradient_rows, eval_rows = measuring.split_rows(train)
     assert len(gradient_rows) == len(eval_rows) == 12
     assert {id(r) for r in gradient_rows}.isdisjoint(id(r) for r in eval_rows)
     for rows in (gradient_rows, eval_rows):
         assert sorted(r["category"] for r in rows) == sorted(["speech", "music", "sound"] * 4)
     with pytest.raises(ValueError, match="has no 'category'"):
-        analysis.group_by_category([{"conversation": [], "audio": []}])
+        measuring.group_by_category([{"conversation": [], "audio": []}])

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from modeling_moe_audio.build import init_checkpoint
-from modeling_moe_audio.corpus import write_corpus
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.data.corpus import write_corpus
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.train import build_parser, build_trainer
+from modeling_moe_audio.commands.train import build_parser
+from modeling_moe_audio.training.trainer import build_trainer
 
 
 MOE_AUDIO = str(Path(sys.executable).parent / "moe-audio")
@@ -27,8 +28,8 @@ def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type):
     init_checkpoint(load_config("tiny-4s", adapter_type=adapter_type), checkpoint,
                     tokenizer=shipped_tokenizer("tiny-4s"))
     out = tmp_path / "analysis"
-    result = subprocess.run([MOE_AUDIO, "analyze", str(checkpoint), str(corpus["train"]), "--out", str(out),
-                             "--eval-data", str(corpus["validation"])], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([MOE_AUDIO, "analyze", str(checkpoint), str(corpus["train"]), "--output_dir", str(out),
+                             "--eval_data", str(corpus["validation"])], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     analysis = json.loads((out / "analysis.json").read_text())
     assert (out / "gradient_cosine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -36,11 +37,11 @@ def test_analyze_writes_figures_and_numbers(corpus, tmp_path, adapter_type):
     assert (out / "expert_heatmap.png").is_file() == (adapter_type == "moe")
     if adapter_type == "dense":
         assert "no experts to map" in json.dumps(analysis)
-    from modeling_moe_audio.analyze import main as analyze
+    from modeling_moe_audio.commands.analyze import main as analyze
 
     saved = (out / "analysis.json").read_bytes()
     with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
-        analyze([str(checkpoint), str(corpus["train"]), "--out", str(out)])
+        analyze([str(checkpoint), str(corpus["train"]), "--output_dir", str(out)])
     assert (out / "analysis.json").read_bytes() == saved
 
 
@@ -68,9 +69,10 @@ def test_gradient_cosines_are_logged_during_training(corpus, tmp_path):
 
 def test_gradient_analysis_follows_the_trained_adapter_under_lora(corpus, tmp_path):
     """PEFT keeps a frozen original of the adapter beside the trained copy; the analyses measure the copy."""
-    from modeling_moe_audio.analysis import category_gradients, expert_activation
-    from modeling_moe_audio.analyze import load_rows
-    from modeling_moe_audio.training import audio_adapter
+    from modeling_moe_audio.analysis.gradients import category_gradients
+    from modeling_moe_audio.analysis.routing import expert_activation
+    from modeling_moe_audio.data.manifest import load_rows
+    from modeling_moe_audio.unwrap import audio_adapter
 
     checkpoint = tmp_path / "ckpt"
     init_checkpoint(load_config("tiny-4s"), checkpoint, tokenizer=shipped_tokenizer("tiny-4s"))

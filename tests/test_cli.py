@@ -37,10 +37,10 @@ def test_params_reproduces_table_4():
 
 
 def test_params_of_the_ablations_follow_their_shapes():
-    from modeling_moe_audio.parameters import count_parameters
-    from modeling_moe_audio.presets import load_config
+    from modeling_moe_audio.checkpoints.parameters import count_parameters
+    from modeling_moe_audio.presets import ABLATIONS, load_config
 
-    counts = {p.stem: count_parameters(load_config(p)) for p in PRESETS.glob("ablation-*.json")}
+    counts = {f"ablation-{name}": count_parameters(load_config(f"ablation-{name}")) for name in ABLATIONS}
     paper = count_parameters(load_config("paper-moe"))
     expert = (2560 + 2048) * 1280  # one routed expert: 2560 -> 1280 -> 2048
     router_row = 2560
@@ -51,11 +51,11 @@ def test_params_of_the_ablations_follow_their_shapes():
     assert counts["ablation-4-choose-2"]["adapter_total_params"] == (
         paper["adapter_total_params"] - 4 * expert - 4 * router_row
     )
-    half, double = counts["ablation-expert-width-half"], counts["ablation-expert-width-double"]
+    half, double = counts["ablation-8-choose-4-width-half"], counts["ablation-8-choose-4-width-double"]
     assert half["adapter_total_params"] == paper["adapter_total_params"] - 4 * expert
     assert double["adapter_total_params"] == paper["adapter_total_params"] + 8 * expert
     assert counts["ablation-8-choose-1"]["adapter_active_params"] == paper["adapter_active_params"] - 3 * expert
-    assert counts["ablation-no-balance-loss"]["adapter_total_params"] == paper["adapter_total_params"]
+    assert counts["ablation-8-choose-4-no-balance-loss"]["adapter_total_params"] == paper["adapter_total_params"]
 
 
 def test_params_of_an_unknown_config_is_a_clear_error():
@@ -66,7 +66,7 @@ def test_params_of_an_unknown_config_is_a_clear_error():
 
 def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path):
     output = tmp_path / "tiny-moe"
-    moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output", str(output))
+    moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output_dir", str(output))
     for name in ("model.safetensors", "modeling_moe_audio.py", "processing_moe_audio.py", "chat_template.jinja"):
         assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
@@ -84,8 +84,8 @@ def test_init_writes_a_checkpoint_that_loads_without_the_package(tmp_path):
         rng = np.random.default_rng(1)
         short, long = rng.standard_normal(16000 * 4) * 0.1, rng.standard_normal(16000 * 37) * 0.1
         conversations = [
-            [{{"role": "user", "content": [{{"type": "audio", "audio": short}}, {{"type": "text", "text": "and"}},
-                                          {{"type": "audio", "audio": long}}, {{"type": "text", "text": "Same?"}}]}}],
+            [{{"role": "user", "content": [{{"type": "audio", "audio": short, "sampling_rate": 16000}}, {{"type": "text", "text": "and"}},
+                                          {{"type": "audio", "audio": long, "sampling_rate": 16000}}, {{"type": "text", "text": "Same?"}}]}}],
             [{{"role": "user", "content": [{{"type": "audio", "path": {str(tmp_path / "clip.wav")!r}}},
                                           {{"type": "text", "text": "High or low?"}}]}}],
             [{{"role": "user", "content": "No audio in this one."}}],
@@ -107,20 +107,20 @@ def test_init_never_overwrites_without_being_asked(tmp_path):
     output = tmp_path / "mine"
     output.mkdir()
     (output / "notes.txt").write_text("keep me")
-    result = moe_audio("init", "--config", "tiny", "--output", str(output), check=False)
+    result = moe_audio("init", "--config", "tiny", "--output_dir", str(output), check=False)
     assert result.returncode != 0 and "not empty" in result.stderr and "--overwrite" in result.stderr
     assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]
-    moe_audio("init", "--config", "tiny", "--output", str(output), "--overwrite")
+    moe_audio("init", "--config", "tiny", "--output_dir", str(output), "--overwrite")
     assert (output / "model.safetensors").is_file() and (output / "notes.txt").read_text() == "keep me"
 
 
 def test_init_without_a_tokenizer_writes_the_model_only(tmp_path):
-    result = moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output",
+    result = moe_audio("init", "--config", str(PRESETS / "tiny.json"), "--output_dir",
                        str(tmp_path / "a"), "--tokenizer", str(PRESETS.parent / "processing" / "tiny-tokenizer"))
     assert "and its processor" in result.stdout
     custom = tmp_path / "custom.json"
     custom.write_text((PRESETS / "tiny.json").read_text())
-    result = moe_audio("init", "--config", str(custom), "--output", str(tmp_path / "b"))
+    result = moe_audio("init", "--config", str(custom), "--output_dir", str(tmp_path / "b"))
     assert "no processor" in result.stdout
     assert not (tmp_path / "b" / "processor_config.json").exists() and (tmp_path / "b" / "config.json").is_file()
 
@@ -132,6 +132,6 @@ def test_init_is_deterministic_per_seed(tmp_path, seed):
     paths = []
     for run in range(2):
         path = tmp_path / f"run{run}"
-        moe_audio("init", "--config", "tiny", "--output", str(path), "--seed", str(seed))
+        moe_audio("init", "--config", "tiny", "--output_dir", str(path), "--seed", str(seed))
         paths.append(load_file(path / "model.safetensors"))
     assert all((paths[0][k] == paths[1][k]).all() for k in paths[0])

@@ -25,11 +25,11 @@ from packaging.version import Version
 
 import modeling_moe_audio
 from modeling_moe_audio import MoEAudioForCausalLM, MoEAudioModel, MoEAudioProcessor
-from modeling_moe_audio.build import init_checkpoint
-from modeling_moe_audio.code_update import RELEASED_CODE, update_checkpoint_code
-from modeling_moe_audio.hub import CODE_FILES, checkpoint_files, push_checkpoint
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.checkpoints.code_update import RELEASED_CODE, update_checkpoint_code
+from modeling_moe_audio.hub.publish import CODE_FILES, checkpoint_files, push_checkpoint
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.training import add_lora
+from modeling_moe_audio.training.stages import add_lora
 
 from conftest import use_positional_shared_expert_names
 from remote_code import PRELUDE

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, Dyn
 from transformers.modeling_outputs import BaseModelOutputWithPast, MoeCausalLMOutputWithPast
 
 from modeling_moe_audio import MoEAudioForCausalLM
-from modeling_moe_audio.build import bind_processor, new_processor
+from modeling_moe_audio.checkpoints.build import bind_processor, new_processor
 from modeling_moe_audio.modeling_moe_audio import (
     CACHE_FIELD,
     MoEAudioCausalLMOutputWithPast,
@@ -229,10 +229,11 @@ def test_readme_client_snippet_says_what_to_install_for_files():
 
 
 def test_batched_generate_from_a_trained_checkpoint_equals_one_row_at_a_time(tmp_path):
-    from modeling_moe_audio.build import init_checkpoint
-    from modeling_moe_audio.corpus import write_corpus
+    from modeling_moe_audio.checkpoints.build import init_checkpoint
+    from modeling_moe_audio.data.corpus import write_corpus
     from modeling_moe_audio.presets import shipped_tokenizer
-    from modeling_moe_audio.train import build_parser, train
+    from modeling_moe_audio.commands.train import build_parser
+    from modeling_moe_audio.training.trainer import train
 
     corpus = write_corpus(tmp_path / "corpus", seed=1, sizes={"train": 8, "validation": 2, "test": 4})
     init_checkpoint(load_config("tiny-4s"), tmp_path / "init", tokenizer=shipped_tokenizer("tiny-4s"), seed=0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from modeling_moe_audio import corpus
-from modeling_moe_audio.corpus import (
+from modeling_moe_audio.data import corpus
+from modeling_moe_audio.data.corpus import (
     ATTRIBUTE_TASKS,
     CATEGORIES,
     CATEGORY_TASK,
@@ -361,8 +361,8 @@ def test_write_corpus_checks_arguments_before_touching_the_disk(tmp_path):
 
 
 def test_export_mmau_feeds_the_evaluation_loader(tmp_path):
-    from modeling_moe_audio.corpus import export_mmau, write_corpus
-    from modeling_moe_audio.qa_eval import load_items
+    from modeling_moe_audio.data.corpus import export_mmau, write_corpus
+    from modeling_moe_audio.evaluation import load_items
 
     manifests = write_corpus(tmp_path / "corpus", seed=2, sizes={"train": 4, "validation": 4, "test": 8})
     path = export_mmau(manifests["test"], tmp_path / "mmau" / "test.json")

@@ -7,8 +7,10 @@ import pytest
 import soundfile
 from transformers import AutoTokenizer
 
-from modeling_moe_audio.build import new_processor
-from modeling_moe_audio.data import BadRowError, MoEAudioDataCollator, decode_audio_item, load_manifest
+from modeling_moe_audio.checkpoints.build import new_processor
+from modeling_moe_audio.data.audio import BadRowError, decode_audio_item
+from modeling_moe_audio.data.collator import MoEAudioDataCollator
+from modeling_moe_audio.data.manifest import load_manifest
 from modeling_moe_audio.presets import SHIPPED_TOKENIZERS, load_config
 
 

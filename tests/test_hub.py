@@ -18,12 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
-from modeling_moe_audio.build import init_checkpoint
-from modeling_moe_audio.corpus import write_corpus
-from modeling_moe_audio.data import MoEAudioDataCollator, load_manifest
-from modeling_moe_audio.hub import CODE_FILES, checkpoint_files, push_checkpoint
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.data.corpus import write_corpus
+from modeling_moe_audio.data.collator import MoEAudioDataCollator
+from modeling_moe_audio.data.manifest import load_manifest
+from modeling_moe_audio.hub.publish import CODE_FILES, checkpoint_files, push_checkpoint
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.train import build_parser, build_trainer, save_final, train
+from modeling_moe_audio.commands.train import build_parser
+from modeling_moe_audio.training.trainer import build_trainer, save_final, train
 
 from hub_server import FakeHubServer
 from remote_code import PRELUDE

@@ -4,9 +4,9 @@ import re
 
 from huggingface_hub import ModelCard
 
-from modeling_moe_audio.build import init_checkpoint
-from modeling_moe_audio.model_card import write_model_card
-from modeling_moe_audio.parameters import count_parameters
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.hub.model_card import write_model_card
+from modeling_moe_audio.checkpoints.parameters import count_parameters
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
 
 from remote_code import run_without_package

@@ -30,7 +30,7 @@ def test_import_and_help_load_neither_torch_nor_transformers(tmp_path):
     code = """
 import sys
 import modeling_moe_audio
-from modeling_moe_audio.cli import main
+from modeling_moe_audio.commands.main import main
 try:
     main(["--help"])
 except SystemExit as exit:
@@ -103,7 +103,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_init_and_params_outside_the_checko
     assert Path(where.strip()) == (venv_site / "modeling_moe_audio").resolve()
 
     moe_audio = str(venv / "bin" / "moe-audio")
-    run([moe_audio, "init", "--config", "tiny", "--output", str(outside / "m")], cwd=outside)
+    run([moe_audio, "init", "--config", "tiny", "--output_dir", str(outside / "m")], cwd=outside)
     written = {path.name for path in (outside / "m").iterdir()}
     assert {"config.json", "model.safetensors", "configuration_moe_audio.py", "modeling_moe_audio.py",
             "processing_moe_audio.py", "tokenizer.json", "processor_config.json", "README.md"} <= written, written

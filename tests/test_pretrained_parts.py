@@ -62,8 +62,8 @@ def whisper(tmp_path_factory):
 def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
     llm = save_llm(tmp_path / "llm", tied)
     output = tmp_path / "model"
-    result = subprocess.run([MOE_AUDIO, "init", "--llm", str(llm), "--audio-encoder", str(whisper),
-                             "--config", "tiny", "--output", str(output)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([MOE_AUDIO, "init", "--llm", str(llm), "--audio_encoder", str(whisper),
+                             "--config", "tiny", "--output_dir", str(output)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
 
     source_llm = AutoModelForCausalLM.from_pretrained(llm)
@@ -104,7 +104,7 @@ def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
         model = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)
         processor = AutoProcessor.from_pretrained({str(output)!r}, trust_remote_code=True)
         audio = (np.random.default_rng(0).standard_normal(16000 * 6) * 0.1).astype(np.float32)
-        conversation = [{{"role": "user", "content": [{{"type": "audio", "audio": audio}},
+        conversation = [{{"role": "user", "content": [{{"type": "audio", "audio": audio, "sampling_rate": 16000}},
                                                       {{"type": "text", "text": "what is this ?"}}]}}]
         inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
                                                add_generation_prompt=True)
@@ -117,6 +117,6 @@ def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
 
 
 def test_llm_and_encoder_go_together(tmp_path):
-    result = subprocess.run([MOE_AUDIO, "init", "--llm", "x", "--output", str(tmp_path / "o")],
+    result = subprocess.run([MOE_AUDIO, "init", "--llm", "x", "--output_dir", str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "--llm and --audio-encoder go together" in result.stderr
+    assert result.returncode != 0 and "--llm and --audio_encoder go together" in result.stderr

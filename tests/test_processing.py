@@ -8,7 +8,7 @@ import torch
 from transformers import AutoProcessor, AutoTokenizer
 
 from modeling_moe_audio import MoEAudioForCausalLM, MoEAudioProcessor, load_audio
-from modeling_moe_audio.build import bind_processor, new_processor
+from modeling_moe_audio.checkpoints.build import bind_processor, new_processor
 from modeling_moe_audio.presets import SHIPPED_TOKENIZERS
 
 from conftest import tiny_config
@@ -176,7 +176,7 @@ def test_semantic_ids_feed_a_model_with_the_discrete_stream(processor):
 
 CONVERSATION = [
     {"role": "system", "content": "You listen."},
-    {"role": "user", "content": [{"type": "audio", "audio": noise(1.0)}, {"type": "text", "text": "High or low?"}]},
+    {"role": "user", "content": [{"type": "audio", "audio": noise(1.0), "sampling_rate": 16000}, {"type": "text", "text": "High or low?"}]},
     {"role": "assistant", "content": [{"type": "text", "text": "high"}]},
 ]
 

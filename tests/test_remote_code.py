@@ -112,7 +112,7 @@ def test_lora_adapter_with_positional_shared_expert_names_loads(tmp_path):
     copy of the MoE adapter (`modules_to_save`), saved by 0.2.0 with positional names, loads into the named layers."""
     from peft import PeftModel
 
-    from modeling_moe_audio.training import add_lora
+    from modeling_moe_audio.training.stages import add_lora
 
     trained = add_lora(tiny_model(), rank=2)
     adapter = trained.base_model.model.model.adapter.modules_to_save["default"]

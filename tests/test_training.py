@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from modeling_moe_audio.build import init_checkpoint
-from modeling_moe_audio.corpus import write_corpus
-from modeling_moe_audio.data import MoEAudioDataCollator
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.data.corpus import write_corpus
+from modeling_moe_audio.data.collator import MoEAudioDataCollator
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.train import build_parser, build_trainer
-from modeling_moe_audio.training import AuxLossSchedule, MoEAuxLossCallback
+from modeling_moe_audio.commands.train import build_parser
+from modeling_moe_audio.training.trainer import build_trainer
+from modeling_moe_audio.training.callbacks import AuxLossSchedule, MoEAuxLossCallback
 
 from remote_code import run_without_package
 
@@ -93,7 +94,7 @@ def test_the_schedule_moves_the_model_attribute_and_the_saved_config_keeps_the_c
 ):
     from transformers import TrainerCallback
 
-    from modeling_moe_audio import train as train_module
+    from modeling_moe_audio.training import trainer as train_module
 
     seen, trainers = [], []
 
@@ -152,7 +153,7 @@ def one_sgd_step(checkpoint, corpus_dir, output_dir, batch_size, accumulation, a
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     else:
-        from modeling_moe_audio import train
+        from modeling_moe_audio.commands import train
 
         train.main(args)
     return load_file(output_dir / "model.safetensors")
@@ -258,7 +259,7 @@ def test_lora_save_reload_merge_give_identical_logits(checkpoint, corpus, tmp_pa
 
 
 def test_train_refuses_to_overwrite_a_saved_run(checkpoint, corpus, tmp_path):
-    from modeling_moe_audio import train
+    from modeling_moe_audio.commands import train
 
     def train_into(output, *extra):
         train.main(["--model", str(checkpoint), "--train_data", str(corpus["train"]), "--output_dir", str(output),
@@ -269,12 +270,23 @@ def test_train_refuses_to_overwrite_a_saved_run(checkpoint, corpus, tmp_path):
     output = tmp_path / "run"
     train_into(output)
     saved = (output / "model.safetensors").read_bytes()
-    with pytest.raises(SystemExit, match="already holds a saved run .*--overwrite_output_dir"):
+    card = (output / "README.md").read_text()
+    assert "(warmup_stable_decay)" in card and "SchedulerType" not in card  # the scheduler's name, not its enum
+    with pytest.raises(SystemExit, match="is not empty .*--overwrite"):
         train_into(output)
     assert (output / "model.safetensors").read_bytes() == saved
     train_into(output, "--resume_from_checkpoint", str(output / "checkpoint-1"))  # continuing the run is allowed
-    train_into(output, "--overwrite_output_dir", "--max_steps", "2")
+    train_into(output, "--overwrite", "--max_steps", "2")
     assert (output / "model.safetensors").read_bytes() != saved
+
+    # Resuming another folder's run does not lift the guard, and a folder of the user's own files is refused too.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("my notes")
+    with pytest.raises(SystemExit, match="is not empty"):
+        train_into(other, "--resume_from_checkpoint", str(output / "checkpoint-1"))
+    assert sorted(path.name for path in other.iterdir()) == ["README.md"]
+    assert (other / "README.md").read_text() == "my notes"
 
 
 def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
@@ -310,7 +322,7 @@ def test_resume_reproduces_the_uninterrupted_run(checkpoint, corpus, tmp_path):
 
 def test_demo_quick_end_to_end(tmp_path):
     output = tmp_path / "demo"
-    result = subprocess.run([str(BIN / "moe-audio"), "demo", "--quick", "--output", str(output)],
+    result = subprocess.run([str(BIN / "moe-audio"), "demo", "--quick", "--output_dir", str(output)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| moe |" in result.stdout and "| dense |" in result.stdout

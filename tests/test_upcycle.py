@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from modeling_moe_audio.build import init_checkpoint
+from modeling_moe_audio.checkpoints.build import init_checkpoint
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
-from modeling_moe_audio.upcycle import upcycle, upcycle_model
+from modeling_moe_audio.checkpoints.upcycle import upcycle, upcycle_model
 
 from conftest import make_audio_batch, make_input_ids, tokens_for
 
@@ -67,6 +67,6 @@ def test_bad_upcycling_requests(dense, tmp_path):
     moe.save_pretrained(tmp_path / "already-moe")
     with pytest.raises(ValueError, match="starts from a dense-adapter model"):
         upcycle(tmp_path / "already-moe", tmp_path / "out")
-    result = subprocess.run([str(Path(sys.executable).parent / "moe-audio"), "upcycle", str(dense), "--output",
+    result = subprocess.run([str(Path(sys.executable).parent / "moe-audio"), "upcycle", str(dense), "--output_dir",
                              str(tmp_path / "already-moe")], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "not empty" in result.stderr

@@ -1,0 +1,82 @@
+"""The figures of section 5, drawn by matplotlib's Agg canvas (no pyplot, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def new_figure(width: float, height: float):
+    """A figure drawn by the Agg canvas directly: no pyplot, no global backend switch, no display needed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("The analysis plots need matplotlib: pip install matplotlib.") from error
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure, path) -> Path:
+    path = Path(path)
+    figure.savefig(path, format="png", dpi=120)
+    return path
+
+
+def _annotate(axes, image, values, fmt: str) -> None:
+    """Write each cell's value on it, in white on dark cells and black on light ones."""
+    for row, row_values in enumerate(values):
+        for column, value in enumerate(row_values):
+            value = float(value)
+            if not math.isfinite(value):
+                axes.text(column, row, "nan", ha="center", va="center", fontsize=8)
+                continue
+            red, green, blue, _ = image.cmap(image.norm(value))
+            color = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+            axes.text(column, row, format(value, fmt), ha="center", va="center", fontsize=8, color=color)
+
+
+def plot_heatmap(rates, path, title: str = "Expert activation rate per audio token") -> Path:
+    """Figure 3: categories (rows) by routed experts (columns), each cell the token-normalised activation rate.
+
+    `rates` is `expert_activation`'s result or its `rates` dict ({category: [rate per expert]}).
+    """
+    rates = rates["rates"] if "rates" in rates else rates
+    categories = [category for category, values in rates.items() if values is not None]
+    if not categories:
+        raise ValueError("No category has an audio token: there is no activation rate to plot.")
+    values = [rates[category] for category in categories]
+    num_experts = len(values[0])
+    figure = new_figure(1.2 + 0.6 * num_experts, 1.4 + 0.5 * len(categories))
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="viridis", vmin=0.0, aspect="auto")
+    axes.set_xticks(range(num_experts), [f"E{e}" for e in range(num_experts)])
+    axes.set_yticks(range(len(categories)), categories)
+    axes.set_xlabel("routed expert")
+    axes.set_title(title, fontsize=10)
+    _annotate(axes, image, values, ".2f")
+    figure.colorbar(image, ax=axes, label="activations / token")
+    return save_png(figure, path)
+
+
+def plot_matrix(
+    categories, matrix, path, title: str, xlabel: str = "category j", ylabel: str = "category i"
+) -> Path:
+    """Figures 4 and 5: a category-by-category matrix on a diverging scale centred at 0 (NaN cells left blank)."""
+    values = torch.as_tensor(matrix, dtype=torch.float64)
+    finite = values[torch.isfinite(values)]
+    limit = float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else 1.0
+    figure = new_figure(1.8 + 0.9 * len(categories), 1.2 + 0.8 * len(categories))
+    axes = figure.add_subplot()
+    image = axes.imshow(values.numpy(), cmap="RdBu", vmin=-limit, vmax=limit)
+    axes.set_xticks(range(len(categories)), categories)
+    axes.set_yticks(range(len(categories)), categories)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    _annotate(axes, image, values.tolist(), ".3f")
+    figure.colorbar(image, ax=axes)
+    return save_png(figure, path)

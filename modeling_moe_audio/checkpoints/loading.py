@@ -1,0 +1,100 @@
+"""Loading a checkpoint (a local folder or a Hub repository) as a model and its processor, with the mistakes a
+user can make named at once: a mistyped folder (not 30 Hub retries), a corrupt file (by its name), a processor
+that does not match the model."""
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+from ..hub.publish import is_safetensors_file
+
+
+JSON_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json",
+              "tokenizer.json", "special_tokens_map.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def looks_like_a_local_path(source: str | os.PathLike) -> bool:
+    """A Hub id is `name` or `org/name`; anything with more parts, a leading `.`, `/` or `~`, or an OS separator
+    other than `/` is a path on this machine, and so is `org/name` when a folder `org` is here (`runs/tiny-moe`:
+    a mistyped folder, which would otherwise cost minutes of Hub retries before failing)."""
+    text = os.fspath(source)
+    return (text.startswith((".", "/", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+            or Path(text).exists() or ("/" in text and Path(text.split("/")[0]).is_dir()))
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """Refuse a local checkpoint that cannot load, naming the file: a missing config, corrupt JSON, weights that are
+    not safetensors or are cut short."""
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a checkpoint folder.")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json, so it is not a checkpoint folder (is it the right one?).")
+    for name in JSON_FILES:
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path} is corrupt: not valid JSON ({error}). Restore it from where you got the "
+                                 "checkpoint.") from None
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{folder} has no *.safetensors weights.")
+    for path in weights:
+        if not is_safetensors_file(path) or not _complete(path):
+            raise ValueError(f"{path} is corrupt or cut short: not a complete safetensors file. Restore it from where "
+                             "you got the checkpoint.")
+
+
+def _complete(path: Path) -> bool:
+    """Whether the tensors the safetensors header lists all fit in the file (a truncated copy's do not)."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return 8 + length + max(ends, default=0) <= path.stat().st_size
+
+
+def resolve_source(source: str | os.PathLike) -> str:
+    """`source` as `from_pretrained` takes it, after checking a local folder (see `check_checkpoint_folder`)."""
+    if looks_like_a_local_path(source):
+        folder = Path(source).expanduser()
+        if not folder.exists():
+            names = [path.name for path in folder.parent.iterdir()] if folder.parent.is_dir() else []
+            near = difflib.get_close_matches(folder.name, names, n=1)
+            raise FileNotFoundError(
+                f"Checkpoint folder {folder} does not exist"
+                + (f"; did you mean {folder.parent / near[0]}?" if near else ".")
+                + " (A Hub repository is written `org/name`, from a folder without a subfolder `org`.)"
+            )
+        check_checkpoint_folder(folder)
+        return str(folder)
+    return os.fspath(source)
+
+
+def load_checkpoint(source: str | os.PathLike, dtype=None, device: str | None = None, with_processor: bool = True):
+    """(model, processor) of a moe-audio checkpoint, loaded with `trust_remote_code=True` (the processor is None
+    without `with_processor`); `dtype`: as `from_pretrained` takes it (default: its own)."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(source)
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, **({} if dtype is None else {"dtype": dtype}))
+    if device is not None:
+        model = model.to(device)
+    return model, load_processor(source, model) if with_processor else None
+
+
+def load_processor(source: str | os.PathLike, model):
+    """The processor of the checkpoint `source` (resolved), checked against its `model`."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    stacking = getattr(processor, "frame_stacking_factor", None)
+    if stacking is not None and stacking != model.config.frame_stacking_factor:
+        raise ValueError(
+            f"{source}: the processor stacks {stacking} encoder frames per audio token but the model "
+            f"{model.config.frame_stacking_factor}, so placeholders and audio embeddings would not match; save the "
+            "processor made for this model (frame_stacking_factor in processor_config.json)."
+        )
+    return processor

@@ -1,0 +1,8 @@
+"""Data for training, evaluation and the analyses.
+
+- `manifest`: JSONL manifests read and validated into a `datasets.Dataset` (`load_manifest`, `load_rows`).
+- `conversation`: a row's conversation in normal form and the decoded chat the processor takes.
+- `audio`: audio files checked on disk, audio items decoded to 16 kHz mono float32.
+- `collator`: `MoEAudioDataCollator`, the training batches.
+- `corpus`: the built-in synthetic corpus (numpy only: it imports neither torch nor transformers).
+"""

@@ -1,0 +1,87 @@
+"""Audio items of dataset rows: checked on disk before training, decoded to 16 kHz mono float32 when batched.
+
+Decoding goes through the processor's own functions (`load_audio`, `to_mono_float32`), so a clip is turned into
+samples in one way, whichever road it comes by.
+"""
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from ..processing_moe_audio import SAMPLING_RATE, load_audio, to_mono_float32
+
+
+class BadRowError(ValueError):
+    """A data row that cannot be used; the message names the row and the reason."""
+
+
+def resolve_audio_path(value: str, folder: Path) -> str:
+    """Where a data file's audio path points: an absolute path as written; a relative one against the data file's
+    `folder`, which it may not climb out of with `..` (so a manifest from elsewhere cannot reach any file of the
+    machine by a relative path). Links are followed: they are the user's own."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path.resolve())
+    if ".." in path.parts:
+        raise BadRowError(f"audio path {value!r} climbs out of the data file's folder with '..'; give an absolute path "
+                          "or one inside the folder")
+    return str((folder / path).resolve())
+
+
+def _wav_shortfall(path: str | Path) -> float | None:
+    """For a WAV file whose data chunk is cut short, the fraction of the announced samples that is missing."""
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while chunk := file.read(8):
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                present = Path(path).stat().st_size - file.tell()
+                return 1 - present / size if 0 < present < size else None
+            file.seek(size + (size & 1), 1)
+    return None
+
+
+def check_audio_file(path: str | Path, max_audio_seconds: float | None = None) -> None:
+    """Raise `BadRowError` unless `path` is a decodable, non-empty audio file no longer than the limit."""
+    if not Path(path).is_file():
+        raise BadRowError(f"audio file {path} does not exist")
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:  # soundfile raises its own LibsndfileError and RuntimeError
+        raise BadRowError(f"audio file {path} cannot be decoded ({error})") from None
+    if info.frames == 0:
+        raise BadRowError(f"audio file {path} is empty")
+    shortfall = _wav_shortfall(path)
+    if shortfall:
+        warnings.warn(f"audio file {path} is truncated: {100 * shortfall:.0f}% of the samples its header announces "
+                      "are missing; only the rest is used.", stacklevel=2)
+    if max_audio_seconds is not None and info.duration > max_audio_seconds:
+        raise BadRowError(f"audio file {path} lasts {info.duration:.1f} s, over the limit of {max_audio_seconds} s")
+
+
+def decode_audio_item(item, index: int = 0) -> np.ndarray:
+    """One audio item of a dataset row as 16 kHz mono float32: a path, or a `datasets.Audio` dict
+    (`{"array", "sampling_rate"}` decoded, or `{"path", "bytes"}` as `Audio(decode=False)` gives it)."""
+    if isinstance(item, (str, Path)):
+        return load_audio(item, SAMPLING_RATE)
+    if isinstance(item, dict):
+        if item.get("array") is not None:
+            samples, rate = item["array"], item.get("sampling_rate", SAMPLING_RATE)
+        elif item.get("bytes") is not None:
+            samples, rate = soundfile.read(io.BytesIO(item["bytes"]), dtype="float32", always_2d=True)
+        elif item.get("path") is not None:
+            return load_audio(item["path"], SAMPLING_RATE)
+        else:
+            samples = None
+        if samples is not None:
+            clip = to_mono_float32(np.asarray(samples), index)
+            return soxr.resample(clip, rate, SAMPLING_RATE).astype(np.float32) if rate != SAMPLING_RATE else clip
+    raise TypeError(f"Cannot decode an audio item of type {type(item).__name__}: use a path or a datasets.Audio dict.")

@@ -1,0 +1,75 @@
+"""Conversations of dataset rows, in one normal form, and their decoded chats for the processor.
+
+Normal form (what `load_manifest` stores): a list of messages `{"role", "content"}` whose content is a list of
+blocks `{"type": "text", "text": ..., "path": None}` or `{"type": "audio", "text": None, "path": ...}`, the audio
+in the order it is heard. A row's `audio` column holds one item per audio block, in the same order.
+"""
+
+from pathlib import Path
+
+from ..processing_moe_audio import SAMPLING_RATE
+from .audio import BadRowError, decode_audio_item, resolve_audio_path
+
+
+def row_conversation(row: dict) -> list[dict]:
+    """A manifest row's conversation: its own, or one built from `audio` + `prompt` + `response`."""
+    if "conversation" in row:
+        return row["conversation"]
+    audio = [row["audio"]] if isinstance(row["audio"], str) else list(row["audio"])
+    return [
+        {"role": "user", "content": [{"type": "audio", "path": path} for path in audio]
+         + [{"type": "text", "text": row["prompt"]}]},
+        {"role": "assistant", "content": [{"type": "text", "text": row["response"]}]},
+    ]
+
+
+def normal_form(conversation: list[dict], audio_folder: Path) -> list[dict]:
+    """The conversation in normal form, audio paths made absolute against `audio_folder`."""
+    messages = []
+    for message in conversation:
+        content = message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        blocks = []
+        for block in content:
+            path = resolve_audio_path(block["path"], audio_folder) if block.get("type") == "audio" else None
+            blocks.append({"type": block["type"], "text": block.get("text"), "path": path})
+        messages.append({"role": message["role"], "content": blocks})
+    return messages
+
+
+def audio_blocks(conversation: list[dict]) -> list[dict]:
+    """The audio blocks of a conversation in normal form, in order."""
+    return [block for message in conversation for block in message["content"] if block["type"] == "audio"]
+
+
+def decoded_chat(conversation: list[dict], audio_items: list, with_answer: bool = True) -> list[dict]:
+    """The chat the processor takes: each audio block holding its decoded clip; `with_answer=False` leaves out
+    the assistant's turns (the prompt a model answers)."""
+    num_blocks = len(audio_blocks(conversation))
+    if num_blocks != len(audio_items):
+        raise ValueError(
+            f"A row's conversation has {num_blocks} audio blocks but its 'audio' column holds {len(audio_items)} "
+            "items; give one audio item per audio block, in order."
+        )
+    clips = iter([decode_audio_item(item, index) for index, item in enumerate(audio_items)])
+    return [
+        {
+            "role": message["role"],
+            "content": [
+                {"type": "audio", "audio": next(clips), "sampling_rate": SAMPLING_RATE} if block["type"] == "audio"
+                else {"type": "text", "text": block["text"]}
+                for block in message["content"]
+            ],
+        }
+        for message in conversation
+        if with_answer or message["role"] != "assistant"
+    ]
+
+
+def reference_answer(row: dict) -> str:
+    """The text of a row's first assistant turn: what a generated answer is scored against."""
+    for message in row["conversation"]:
+        if message["role"] == "assistant":
+            return " ".join(block["text"] for block in message["content"] if block["type"] == "text")
+    raise BadRowError("The row has no assistant message to score against.")

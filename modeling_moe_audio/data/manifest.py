@@ -1,0 +1,184 @@
+"""JSONL manifests: read, validated row by row, into a `datasets.Dataset`.
+
+A manifest has one JSON object per line, in one of two forms (audio paths are relative to the manifest's folder):
+
+    {"audio": "clips/a.wav", "prompt": "Is the voice high or low?", "response": "high"}
+    {"audio": ["a.wav", "b.wav"], "prompt": "Same speaker?", "response": "no"}
+    {"conversation": [{"role": "user", "content": [{"type": "audio", "path": "a.wav"},
+                                                   {"type": "text", "text": "What is it?"}]},
+                      {"role": "assistant", "content": "music"}]}
+
+Any other keys (e.g. "category") are kept as columns. Rows are validated when the manifest is read: a missing or
+unreadable file, a wrong schema or audio longer than the limit is an error that names the row and the reason, or,
+with `skip_bad_rows=True`, the row is left out and counted.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from .audio import BadRowError, check_audio_file
+from .conversation import audio_blocks, normal_form, row_conversation
+
+
+@dataclass
+class ManifestReport:
+    """What reading a manifest kept and left out."""
+
+    kept: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_json_rows(path: str | Path, what: str = "Manifest") -> list[tuple[str, object]]:
+    """(row label, parsed row) for each row of a JSONL file or a JSON list; a row that is not valid JSON (or not
+    UTF-8 text) comes as a `BadRowError` in place of the row. Labels are "line N" (JSONL) or "item N" (a JSON list),
+    1-based."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give the JSONL file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist.")
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"["):
+        try:
+            rows = json.loads(data.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BadRowError(f"{path}: not a valid UTF-8 JSON list ({error})") from None
+        return [(f"item {number}", row) for number, row in enumerate(rows, start=1)]
+    labelled = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            labelled.append((f"line {number}", json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError:
+            labelled.append((f"line {number}", BadRowError("is not UTF-8 text")))
+        except json.JSONDecodeError as error:
+            labelled.append((f"line {number}", BadRowError(f"is not valid JSON ({error.msg})")))
+    return labelled
+
+
+ROLES = ("system", "user", "assistant")
+BLOCK_TYPES = ("text", "audio")
+# ChatML's and the processor's special tokens (`<|im_start|>`, `<|audio_pad|>`, ...): written in a row's text they
+# would be taken for the real ones (a placeholder without audio, a turn that ends early).
+SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "list", dict: "object",
+              type(None): "null"}
+
+
+def _check_text(text, where: str) -> None:
+    if not isinstance(text, str):
+        raise BadRowError(f"{where} must be a string (got {JSON_TYPES.get(type(text), type(text).__name__)})")
+    token = SPECIAL_TOKEN.search(text)
+    if token:
+        raise BadRowError(f"{where} holds the special token {token[0]!r}; write the audio as an audio block, not as "
+                          "its placeholder text, and leave chat markup to the template")
+
+
+def _check_message(message, index: int) -> None:
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        raise BadRowError(f"message {index} needs 'role' and 'content'")
+    role, content = message["role"], message["content"]
+    if role not in ROLES:
+        raise BadRowError(f"message {index} has role {role!r}; use one of {', '.join(ROLES)}")
+    if isinstance(content, str):
+        _check_text(content, f"message {index}'s content")
+        return
+    if not isinstance(content, list) or not content:
+        raise BadRowError(f"message {index}'s content must be a string or a non-empty list of blocks")
+    for block in content:
+        if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
+            raise BadRowError(f"message {index} has a block that is not {{'type': 'text' | 'audio', ...}}: {block!r}")
+        if block["type"] == "text":
+            _check_text(block.get("text"), f"a text block of message {index}")
+        elif role != "user":
+            raise BadRowError(f"message {index} ({role}) holds audio; audio goes in user messages only")
+        elif not isinstance(block.get("path"), str) or not block["path"]:
+            raise BadRowError("an audio block in a manifest needs a 'path' (a string)")
+
+
+def _check_schema(row) -> None:
+    if not isinstance(row, dict):
+        raise BadRowError("is not a JSON object")
+    if "conversation" in row:
+        conversation = row["conversation"]
+        if not isinstance(conversation, list) or not conversation:
+            raise BadRowError("'conversation' must be a non-empty list of messages")
+        for index, message in enumerate(conversation):
+            _check_message(message, index)
+        if not any(message["role"] == "assistant" for message in conversation):
+            raise BadRowError("the conversation has no assistant message to learn from")
+        return
+    missing = [key for key in ("audio", "prompt", "response") if key not in row]
+    if missing:
+        raise BadRowError(f"has neither 'conversation' nor all of 'audio', 'prompt', 'response' (missing {missing})")
+    audio = row["audio"]
+    if not (isinstance(audio, str) or (isinstance(audio, list) and audio and all(isinstance(a, str) for a in audio))):
+        raise BadRowError("'audio' must be a path or a non-empty list of paths")
+    if not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
+        raise BadRowError("'prompt' and 'response' must be strings")
+    _check_text(row["prompt"], "'prompt'")
+    _check_text(row["response"], "'response'")
+
+
+def _check_columns(row: dict, column_types: dict, label: str) -> None:
+    """Extra keys become dataset columns, which hold one type each: the first row that has a key decides it."""
+    for key, value in row.items():
+        kind = JSON_TYPES.get(type(value), type(value).__name__)
+        first = column_types.setdefault(key, (kind, label))
+        if kind != "null" and first[0] != "null" and first[0] != kind:
+            raise BadRowError(f"its {key!r} is a {kind}, but {first[1]} made the column a {first[0]}; use one type "
+                              "per key in a manifest")
+        if first[0] == "null" and kind != "null":
+            column_types[key] = (kind, label)
+
+
+def load_manifest(
+    path: str | Path,
+    max_audio_seconds: float = 600.0,
+    skip_bad_rows: bool = False,
+) -> tuple[datasets.Dataset, ManifestReport]:
+    """Read and validate a JSONL manifest into a `datasets.Dataset` with `conversation` and `audio` columns.
+
+    Every row is checked here, before any training step: its schema (roles, block types, audio in user messages
+    only, no special tokens in its text), its extra columns' types, and every audio file (see `resolve_audio_path`
+    for where audio may be; it must decode, hold samples and last at most `max_audio_seconds`). A bad row is an
+    error naming its line and the reason, or, with `skip_bad_rows=True`, is left out and counted in the report.
+    `audio` holds each row's audio file paths (absolute), in the order the audio appears in the conversation;
+    nothing is decoded here, so the dataset stays small and works without torchcodec.
+    """
+    path = Path(path)
+    rows, report, column_types = [], ManifestReport(), {}
+    for label, row in read_json_rows(path):
+        try:
+            if isinstance(row, BadRowError):
+                raise row
+            _check_schema(row)
+            conversation = normal_form(row_conversation(row), path.parent)
+            audio = [block["path"] for block in audio_blocks(conversation)]
+            for audio_path in audio:
+                check_audio_file(audio_path, max_audio_seconds)
+            extra = {k: v for k, v in row.items() if k not in ("audio", "prompt", "response", "conversation")}
+            _check_columns(extra, column_types, label)
+        except BadRowError as error:
+            message = f"{path}, {label}: {error}"
+            if not skip_bad_rows:
+                raise BadRowError(f"{message}. Fix the row, or pass skip_bad_rows=True (--skip_bad_rows) to leave bad "
+                                  "rows out.") from None
+            report.skipped.append(message)
+            continue
+        rows.append({"conversation": conversation, "audio": audio, **extra})
+    if not rows:
+        raise ValueError(f"Manifest {path} has no usable rows ({len(report.skipped)} left out).")
+    report.kept = len(rows)
+    return datasets.Dataset.from_list(rows), report
+
+
+def load_rows(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The rows of a manifest as dicts (the first `limit` rows with a limit), e.g. for the analyses."""
+    rows = list(load_manifest(path)[0])
+    return rows[:limit] if limit else rows

@@ -1,0 +1,235 @@
+"""Fine-tuning with the Hugging Face `Trainer` on JSONL manifests: `train(script_args, training_args)`.
+
+`MoEAudioTrainArguments` holds what is ours (the data, the stage, LoRA, the aux-loss schedule); every
+`TrainingArguments` field works beside it. `paper_training_arguments(output_dir, ...)` gives the paper's defaults:
+AdamW with betas (0.9, 0.95), a warmup-stable-decay schedule (decay over the last 10% of the steps unless
+`lr_scheduler_kwargs` says otherwise), TensorBoard logs under `output_dir/runs`.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from ..checkpoints.loading import load_checkpoint
+
+from ..data.collator import MoEAudioDataCollator
+from ..data.manifest import load_manifest, load_rows
+from ..hub.model_card import write_model_card
+from ..output_dirs import check_output_dir, resumes_run_in
+from .callbacks import AuxLossSchedule, GradientConflictCallback, MoEAuxLossCallback
+from .stages import STAGES, add_lora, apply_stage, count_trainable, steps_for
+
+
+PAPER_DEFAULTS = {
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.95,
+    "lr_scheduler_type": "warmup_stable_decay",
+    "warmup_steps": 20,
+    "report_to": ["tensorboard"],
+    "remove_unused_columns": False,
+    "logging_steps": 10,
+    "save_strategy": "epoch",
+}
+
+
+@dataclass
+class MoEAudioTrainArguments:
+    model: str = field(metadata={"help": "checkpoint directory (model + processor), e.g. from `moe-audio init`"})
+    train_data: str = field(metadata={"help": "JSONL manifest of the training examples"})
+    eval_data: str | None = field(default=None, metadata={"help": "JSONL manifest evaluated during training"})
+    stage: str = field(default="adapter", metadata={"help": f"what trains: one of {STAGES}"})
+    train_encoder: bool = field(default=False, metadata={"help": "also train the Whisper encoder"})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank (stage lora)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (stage lora)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (stage lora)"})
+    lora_target_modules: str | None = field(default=None, metadata={"help": "regex of the LLM modules LoRA wraps"})
+    aux_loss_coef: float | None = field(default=None, metadata={"help": "lambda of eq. 6; None: the model config's"})
+    aux_loss_warmup_steps: int = field(default=0, metadata={"help": "steps over which lambda rises from 0"})
+    aux_loss_decay_to: float | None = field(default=None, metadata={"help": "lambda at the last step (linear decay)"})
+    collapse_threshold: float = field(default=0.1, metadata={"help": "warn below this fraction of an even share"})
+    collapse_patience: int = field(default=3, metadata={"help": "logging steps below the threshold before a warning"})
+    bias_update_rate: float = field(
+        default=0.0, metadata={"help": "auxiliary-loss-free balancing step (needs router_selection_bias in the config)"}
+    )
+    gradient_analysis_data: str | None = field(
+        default=None, metadata={"help": "manifest with categories: log their gradient cosines during training"}
+    )
+    gradient_analysis_every: int = field(default=50, metadata={"help": "steps between gradient analyses"})
+    max_audio_seconds: float = field(default=600.0, metadata={"help": "rows with longer audio are bad rows"})
+    skip_bad_rows: bool = field(default=False, metadata={"help": "leave bad manifest rows out instead of failing"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "write into a non-empty --output_dir (replacing what a run saved there)"}
+    )
+
+
+def _checked_manifest(role: str, path: str, script_args: MoEAudioTrainArguments):
+    dataset, report = load_manifest(path, script_args.max_audio_seconds, script_args.skip_bad_rows)
+    if report.skipped:
+        print(f"left out {len(report.skipped)} bad {role} rows (--skip_bad_rows):", *report.skipped, sep="\n  ")
+    return dataset
+
+
+STAGING_PREFIX = ".saving-"  # saves are written under this name, then renamed into place
+
+
+class MoEAudioTrainer(Trainer):
+    """The `Trainer`, with each checkpoint written under a temporary name and renamed once complete: a run killed
+    during a save leaves no half-written `checkpoint-N` (a 0-byte config.json) for a later resume to trip over."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f"{STAGING_PREFIX}{name}"
+        self._get_output_dir = lambda trial=None: str(staging)  # the library writes `checkpoint-N` under `staging`
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states)
+        if self.args.should_save:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+            os.replace(staging / name, run_dir / name)
+            shutil.rmtree(staging)
+            if self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging), str(run_dir))
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
+def paper_training_arguments(output_dir: str | Path, **overrides) -> TrainingArguments:
+    """`TrainingArguments` with the paper's defaults (`PAPER_DEFAULTS`), any of which `overrides` replaces."""
+    return TrainingArguments(output_dir=str(output_dir), **{**PAPER_DEFAULTS, **overrides})
+
+
+def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> Trainer:
+    """The model set up for its stage, the data, and a `Trainer` with the aux-loss callback first in line."""
+    model, processor = load_checkpoint(script_args.model)
+    if script_args.aux_loss_coef is not None:  # the configured lambda, which the saved config records
+        model.config.router_aux_loss_coef = model.router_aux_loss_coef = script_args.aux_loss_coef
+    if script_args.bias_update_rate and not model.config.router_selection_bias:
+        raise ValueError(
+            "--bias_update_rate needs a model with router_selection_bias=True in its config (a selection bias to nudge)."
+        )
+    apply_stage(model, script_args.stage, script_args.train_encoder)
+    if script_args.stage == "lora":
+        model = add_lora(
+            model, script_args.lora_rank, script_args.lora_alpha, script_args.lora_dropout,
+            script_args.lora_target_modules,
+        )
+
+    if script_args.max_audio_seconds > processor.max_audio_seconds:
+        raise ValueError(
+            f"--max_audio_seconds {script_args.max_audio_seconds} is above the processor's own limit of "
+            f"{processor.max_audio_seconds} s, so longer rows would pass the check and fail mid-epoch; use at most "
+            f"{processor.max_audio_seconds} (or save the processor with a higher max_audio_seconds)."
+        )
+    train_dataset = _checked_manifest("training", script_args.train_data, script_args)
+    eval_dataset = _checked_manifest("evaluation", script_args.eval_data, script_args) if script_args.eval_data else None
+
+    if training_args.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in (
+        training_args.lr_scheduler_kwargs or {}
+    ):
+        total = training_args.max_steps if training_args.max_steps > 0 else steps_for(
+            len(train_dataset), training_args.per_device_train_batch_size,
+            training_args.gradient_accumulation_steps, training_args.num_train_epochs, training_args.world_size,
+        )
+        training_args.lr_scheduler_kwargs = {
+            **(training_args.lr_scheduler_kwargs or {}),
+            "num_decay_steps": max(1, total // 10),
+        }
+
+    trainer = MoEAudioTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=MoEAudioDataCollator(processor),
+        processing_class=processor,
+    )
+    coef = script_args.aux_loss_coef if script_args.aux_loss_coef is not None else model.config.router_aux_loss_coef
+    MoEAuxLossCallback.install(
+        trainer,
+        schedule=AuxLossSchedule(coef, script_args.aux_loss_warmup_steps, script_args.aux_loss_decay_to),
+        collapse_threshold=script_args.collapse_threshold,
+        collapse_patience=script_args.collapse_patience,
+        bias_update_rate=script_args.bias_update_rate,
+    )
+    if script_args.gradient_analysis_data:
+        GradientConflictCallback.install(
+            trainer, processor=processor, rows=load_rows(script_args.gradient_analysis_data),
+            every_steps=script_args.gradient_analysis_every,
+        )
+    trainable, total = count_trainable(model)
+    if trainer.is_world_process_zero():
+        print(f"stage {script_args.stage}: training {trainable:,} of {total:,} parameters")
+    return trainer
+
+
+def save_final(trainer: Trainer, output_dir: str | Path, summary: str = "") -> Path:
+    """Save a checkpoint that loads with `AutoModelForCausalLM` (LoRA merged into the LLM), its processor and card."""
+    output_dir = Path(output_dir)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir) as staging:
+            model.save_pretrained(staging)
+            trainer.processing_class.save_pretrained(staging)
+            write_model_card(staging, training_summary=summary or None)
+            for path in Path(staging).iterdir():
+                os.replace(path, output_dir / path.name)  # each file whole, or the old one: never half-written
+    return output_dir
+
+
+def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metrics: dict) -> str:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    final_loss = f", last logged training loss {losses[-1]:.4f}" if losses else ""
+    return (
+        f"Trained with `moe-audio train` from `{_public_name(script_args.model)}`: stage `{script_args.stage}`"
+        f"{' with the encoder' if script_args.train_encoder else ''}, {trainer.state.global_step} optimizer steps "
+        f"on {len(trainer.train_dataset)} examples of `{Path(script_args.train_data).name}`, learning rate "
+        f"{trainer.args.learning_rate} ({_scheduler_name(trainer.args.lr_scheduler_type)}), AdamW betas ({trainer.args.adam_beta1}, "
+        f"{trainer.args.adam_beta2}){final_loss}."
+        + (f" Validation loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else "")
+    )
+
+
+def _public_name(model: str) -> str:
+    """A Hub id as it is; a local folder by its name only (its path is private)."""
+    return Path(model).resolve().name if Path(model).exists() else model
+
+
+def _scheduler_name(scheduler) -> str:
+    return getattr(scheduler, "value", scheduler)  # a `SchedulerType` member prints as its class and name
+
+
+def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> dict:
+    check_output_dir(training_args.output_dir, script_args.overwrite,
+                     resuming=resumes_run_in(training_args.output_dir, training_args.resume_from_checkpoint))
+    # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = build_trainer(script_args, training_args)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = dict(result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    metrics["summary"] = training_summary(script_args, trainer, metrics)
+    save_final(trainer, training_args.output_dir, metrics["summary"])
+    if trainer.is_world_process_zero():
+        (Path(training_args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2))
+        if push_to_hub:
+            from ..hub.publish import publish
+
+            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            metrics["hub_commit"] = str(publish(training_args.output_dir, repo_id, token=training_args.hub_token,
+                                                private=bool(training_args.hub_private_repo)))
+    trainer.accelerator.wait_for_everyone()  # no rank leaves while rank 0 still writes or pushes
+    return metrics

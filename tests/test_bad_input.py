@@ -1,0 +1,611 @@
+"""The bad-input matrix: each row an input a careless or hostile user can give, and what it must get: accepted with
+a stated result, or an error whose message names the problem. Grouped by area; `README.md` ("What bad input gets")
+summarises it."""
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from modeling_moe_audio import MoEAudioConfig
+from modeling_moe_audio.checkpoints.build import init_checkpoint
+from modeling_moe_audio.hub.publish import checkpoint_files, card_for_repo, without_local_paths
+from modeling_moe_audio.presets import load_config, shipped_tokenizer
+
+
+@dataclass
+class Row:
+    name: str
+    run: Callable  # (tmp_path, fixtures) -> result
+    error: type | None = None  # None: the input is accepted
+    message: str = ""  # a substring of the error message; for an accepted input, see `check`
+    check: Callable | None = None  # for an accepted input: an assertion on the result
+
+
+def cases(rows: list[Row]):
+    return pytest.mark.parametrize("row", rows, ids=[row.name for row in rows])
+
+
+def play(row: Row, *args):
+    if row.error is None:
+        result = row.run(*args)
+        if row.check is not None:
+            assert row.check(result), f"{row.name}: unexpected result {result!r}"
+        return
+    with pytest.raises(row.error) as raised:
+        row.run(*args)
+    assert row.message.lower() in str(raised.value).lower(), f"{row.name}: {raised.value}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def config_with(**changes):
+    values = load_config("tiny").to_dict()
+    values.update(changes)
+    return MoEAudioConfig.from_dict(values)
+
+
+def preset_file(tmp_path, text):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return load_config(path)
+
+
+TINY_EOS = 2  # the tiny tokenizer's <|im_end|>, its eos
+CONFIG_ROWS = [
+    Row("NaN aux-loss coefficient", lambda _: config_with(router_aux_loss_coef=math.nan), Exception, "router_aux_loss_coef=nan"),
+    Row("infinite aux-loss coefficient", lambda _: config_with(router_aux_loss_coef=math.inf), Exception, "router_aux_loss_coef=inf"),
+    Row("negative aux-loss coefficient", lambda _: config_with(router_aux_loss_coef=-0.1), Exception, "must be >= 0"),
+    Row("NaN z-loss coefficient", lambda _: config_with(router_z_loss_coef=math.nan), Exception, "router_z_loss_coef"),
+    Row("infinite jitter", lambda _: config_with(router_jitter_noise=math.inf), Exception, "router_jitter_noise"),
+    Row("negative LayerNorm eps", lambda _: config_with(adapter_layer_norm_eps=-1e-5), Exception, "adapter_layer_norm_eps"),
+    Row("zero LayerNorm eps", lambda _: config_with(adapter_layer_norm_eps=0.0), Exception, "adapter_layer_norm_eps"),
+    Row("NaN initializer range", lambda _: config_with(initializer_range=math.nan), Exception, "initializer_range"),
+    Row("audio token id = eos", lambda _: config_with(audio_token_id=TINY_EOS, text_config={
+        **load_config("tiny").text_config.to_dict(), "eos_token_id": TINY_EOS}), Exception, "eos_token_id"),
+    Row("audio token id = bos", lambda _: config_with(audio_token_id=1, text_config={
+        **load_config("tiny").text_config.to_dict(), "bos_token_id": 1}), Exception, "bos_token_id"),
+    Row("audio token id = audio start id", lambda _: config_with(audio_start_token_id=load_config("tiny").audio_token_id),
+        Exception, "audio_start_token_id"),
+    Row("audio token id outside the vocabulary", lambda _: config_with(audio_token_id=10**7), Exception, "outside the language model's vocabulary"),
+    Row("typo num_expert for num_experts", lambda _: config_with(num_expert=16), ValueError, "did you mean 'num_experts'"),
+    Row("typo router_aux_loss_coeff", lambda _: config_with(router_aux_loss_coeff=0.1), ValueError, "did you mean 'router_aux_loss_coef'"),
+    Row("typo override to load_config", lambda _: load_config("tiny", num_expert=16), ValueError, "did you mean 'num_experts'"),
+    Row("library key kept (transformers_version)", lambda _: config_with(transformers_version="5.24.0"),
+        check=lambda config: config.transformers_version == "5.24.0"),
+    Row("JSON integer for a float field", lambda _: config_with(router_aux_loss_coef=0, adapter_layer_norm_eps=1),
+        check=lambda config: isinstance(config.router_aux_loss_coef, float) and config.router_aux_loss_coef == 0.0),
+    Row("string for an int field", lambda _: config_with(num_experts="8"), Exception, "num_experts"),
+    Row("top-k above the expert count", lambda _: config_with(num_experts_per_tok=9), Exception, "num_experts_per_tok=9"),
+    Row("zero experts", lambda _: config_with(num_experts=0), Exception, "num_experts=0"),
+    Row("unknown adapter type", lambda _: config_with(adapter_type="sparse"), Exception, "adapter_type='sparse'"),
+    Row("preset of another model type", lambda tmp: preset_file(tmp, json.dumps({"model_type": "qwen3"})), ValueError, "is a 'qwen3' config"),
+    Row("malformed --config JSON names the file", lambda tmp: preset_file(tmp, "{not json"), ValueError, "config.json is not a valid JSON"),
+    Row("--config JSON list", lambda tmp: preset_file(tmp, "[1, 2]"), ValueError, "not an object"),
+    Row("unknown preset name", lambda _: load_config("tiny-typo"), FileNotFoundError, "one of the presets"),
+    Row("unknown ablation", lambda _: load_config("ablation-3-choose-9"), ValueError, "Unknown ablation"),
+]
+
+
+@cases(CONFIG_ROWS)
+def test_configuration(row, tmp_path):
+    play(row, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What `push` publishes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("push") / "tiny"
+    init_checkpoint(load_config("tiny-4s"), folder, tokenizer=shipped_tokenizer("tiny-4s"), seed=0)
+    return folder
+
+
+def folder_with(extra: Callable[[Path], None]):
+    def run(tmp_path, checkpoint):
+        folder = Path(shutil.copytree(checkpoint, tmp_path / "folder"))
+        extra(folder)
+        return checkpoint_files(folder)
+    return run
+
+
+def write(name, content=b"x"):
+    def add(folder):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return add
+
+
+def pickle_renamed_safetensors(folder):
+    (folder / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(2)}, folder / "model.safetensors")
+
+
+def link_outside(folder):
+    secret = folder.parent / "secret.txt"
+    secret.write_text("token")
+    os.symlink(secret, folder / "tokenizer_config.json.bak")
+
+
+def link_weights_outside(folder):
+    target = folder.parent / "weights-elsewhere.safetensors"
+    shutil.move(folder / "model.safetensors", target)
+    os.symlink(target, folder / "model.safetensors")
+
+
+PUSH_ROWS = [
+    Row(".env file", folder_with(write(".env", b"HF_TOKEN=hf_secret")), ValueError, ".env (not part of a model repository)"),
+    Row("data.pickle", folder_with(write("data.pickle")), ValueError, "data.pickle"),
+    Row("model.joblib", folder_with(write("model.joblib")), ValueError, "model.joblib"),
+    Row("weights.pt.gz", folder_with(write("weights.pt.gz")), ValueError, "weights.pt.gz"),
+    Row("pytorch_model.bin", folder_with(write("pytorch_model.bin")), ValueError, "holds pickle files (pytorch_model.bin)"),
+    Row("pickle renamed model.safetensors", folder_with(pickle_renamed_safetensors), ValueError, "not a safetensors file"),
+    Row("empty model.safetensors", folder_with(write("model.safetensors", b"")), ValueError, "not a safetensors file"),
+    Row("link to a file outside the folder", folder_with(link_outside), ValueError, "outside the folder"),
+    Row("weights linked from outside the folder", folder_with(link_weights_outside), ValueError, "outside the folder"),
+    Row("notes in a subfolder", folder_with(write("notes/todo.txt")), ValueError, "notes/todo.txt"),
+    Row("a stray JSON file", folder_with(write("secrets.json", b"{}")), ValueError, "secrets.json"),
+    Row("TensorBoard events are left out", folder_with(write("runs/Dec01/events.out.tfevents.1.host")),
+        check=lambda result: "runs/Dec01/events.out.tfevents.1.host" in result[1] and all("runs/" not in p for p in result[0])),
+    Row("checkpoint folders are left out", folder_with(write("checkpoint-5/optimizer.pt")),
+        check=lambda result: result[1] == ["checkpoint-5/optimizer.pt"]),
+    Row("update-code backups are left out", folder_with(write("code-backup-20261201/config.json", b"{}")),
+        check=lambda result: result[1] == ["code-backup-20261201/config.json"]),
+    Row("a clean checkpoint uploads its files", folder_with(lambda folder: None),
+        check=lambda result: "model.safetensors" in result[0] and "config.json" in result[0] and not result[1]),
+]
+
+
+@cases(PUSH_ROWS)
+def test_push_contents(row, tmp_path, saved_checkpoint):
+    play(row, tmp_path, saved_checkpoint)
+
+
+def test_push_cuts_local_paths_and_names_the_repo_in_the_card(tmp_path, saved_checkpoint):
+    link = tmp_path / "linked"
+    os.symlink(saved_checkpoint, link)
+    for given in (link, Path(os.path.relpath(saved_checkpoint)), saved_checkpoint):
+        card = card_for_repo(given, "you/tiny")
+        assert 'from_pretrained("you/tiny"' in card and str(saved_checkpoint) not in card
+    summary = f"Trained from `{saved_checkpoint}` on `/home/me/data/train.jsonl`, see ~/notes/run.md."
+    assert without_local_paths(summary) == "Trained from `tiny` on `train.jsonl`, see run.md."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The processor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from transformers import AutoTokenizer
+
+    from modeling_moe_audio.checkpoints.build import new_processor
+    from modeling_moe_audio.presets import TINY_TOKENIZER
+
+    return new_processor(load_config("tiny"), AutoTokenizer.from_pretrained(TINY_TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    import numpy as np
+    import soundfile
+
+    path = tmp_path_factory.mktemp("audio") / "one-second.wav"
+    soundfile.write(path, (np.random.default_rng(0).standard_normal(16000) * 0.1).astype("float32"), 16000)
+    return path
+
+
+def chat(block):
+    return [{"role": "user", "content": [block, {"type": "text", "text": "What is it?"}]}]
+
+
+def tokenized(processor, conversation, **kwargs):
+    return processor.apply_chat_template(conversation, tokenize=True, return_dict=True, **kwargs)
+
+
+def samples(seconds=1.0, value=None, rate=16000):
+    import numpy as np
+
+    if value is not None:
+        return np.full(int(seconds * rate), value, dtype=np.float32)
+    return (np.random.default_rng(1).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
+
+
+def audio_tokens(processor):
+    return lambda inputs: int((inputs["input_ids"] == processor.audio_token_id).sum()) > 0
+
+
+PROCESSOR_ROWS = [
+    Row("array in a conversation without a sampling rate",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples(1.0, rate=22050)})), ValueError, "no sampling rate"),
+    Row("22.05 kHz array in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples(1.0, rate=22050), "sampling_rate": 22050})),
+        ValueError, "sampled at 22050 Hz"),
+    Row("16 kHz array with its rate in the block",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples(), "sampling_rate": 16000})),
+        check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("16 kHz array with the rate for the whole call",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": samples()}), processor_kwargs={"sampling_rate": 16000}),
+        check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("missing file under 'audio' in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "audio": str(w.parent / "missing.wav")})), FileNotFoundError, "missing.wav"),
+    Row("missing file under 'path' in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "path": str(w.parent / "missing.wav")})), FileNotFoundError, "does not exist"),
+    Row("a folder as an audio path in a conversation",
+        lambda p, w: tokenized(p, chat({"type": "audio", "path": str(w.parent)})), IsADirectoryError, "is a folder"),
+    Row("a folder as an audio path to processor()",
+        lambda p, w: p(text="<|audio_pad|>", audio=[str(w.parent)]), IsADirectoryError, "is a folder"),
+    Row("an empty conversation", lambda p, w: tokenized(p, []), ValueError, "conversation is empty"),
+    Row("huge amplitude (1e30)",
+        lambda p, w: p(text="<|audio_pad|> and <|audio_pad|>", audio=[samples(), samples(value=1e30)], sampling_rate=16000), ValueError,
+        "Audio 1 gives non-finite"),
+    Row("NaN samples", lambda p, w: p(text="<|audio_pad|>", audio=[samples(value=float("nan"))], sampling_rate=16000),
+        ValueError, "NaN or infinite"),
+    Row("sampling_rate as a string", lambda p, w: p(text="<|audio_pad|>", audio=[samples()], sampling_rate="16000"),
+        TypeError, "whole number of Hz"),
+    Row("sampling_rate 44100 for arrays", lambda p, w: p(text="<|audio_pad|>", audio=[samples()], sampling_rate=44100),
+        ValueError, "44100 Hz"),
+    Row("arrays without sampling_rate", lambda p, w: p(text="<|audio_pad|>", audio=[samples()]), ValueError, "Pass `sampling_rate`"),
+    Row("sampling_rate 16000.0 (a whole float)", lambda p, w: p(text="<|audio_pad|>", audio=[samples()], sampling_rate=16000.0),
+        check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("one 2-D array for a batch", lambda p, w: p(text="<|audio_pad|>", audio=samples().reshape(2, -1), sampling_rate=16000),
+        ValueError, "2-D array"),
+    Row("an empty clip", lambda p, w: p(text="<|audio_pad|>", audio=[samples(0.0)], sampling_rate=16000), ValueError, "empty"),
+    Row("integer dtype other than int16/int32",
+        lambda p, w: p(text="<|audio_pad|>", audio=[samples().astype("int8")], sampling_rate=16000), TypeError, "dtype int8"),
+    Row("a wav file path", lambda p, w: p(text="<|audio_pad|>", audio=[str(w)]), check=lambda inputs: inputs["input_features"].shape[0] == 1),
+    Row("a clip over max_audio_seconds",
+        lambda p, w: p(text="<|audio_pad|>", audio=[samples(601.0, value=0.0)], sampling_rate=16000), ValueError, "max_audio_seconds"),
+]
+
+
+@cases(PROCESSOR_ROWS)
+def test_processor(row, processor, wav):
+    play(row, processor, wav)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a checkpoint
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def loaded_copy(change: Callable[[Path], None], name: str | None = None):
+    def run(tmp_path, checkpoint):
+        from modeling_moe_audio.checkpoints.loading import load_checkpoint
+
+        folder = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+        change(folder)
+        return load_checkpoint(folder if name is None else tmp_path / name)
+    return run
+
+
+def cut_in_half(name):
+    def change(folder):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    return change
+
+
+def stacking_factor(value):
+    def change(folder):
+        path = folder / "processor_config.json"
+        config = json.loads(path.read_text())
+        config["frame_stacking_factor"] = value
+        path.write_text(json.dumps(config))
+    return change
+
+
+def delete(name):
+    return lambda folder: (folder / name).unlink()
+
+
+LOADING_ROWS = [
+    Row("mistyped folder with a close match", loaded_copy(lambda folder: None, "ckpd"), FileNotFoundError, "did you mean"),
+    Row("folder that does not exist", loaded_copy(lambda folder: None, "nowhere/at/all"), FileNotFoundError, "does not exist"),
+    Row("a file instead of a folder", loaded_copy(lambda folder: None, "ckpt/config.json"), NotADirectoryError, "not a checkpoint folder"),
+    Row("folder without config.json", loaded_copy(delete("config.json")), FileNotFoundError, "no config.json"),
+    Row("corrupt config.json", loaded_copy(write("config.json", b"{oops")), ValueError, "config.json is corrupt"),
+    Row("corrupt tokenizer.json", loaded_copy(write("tokenizer.json", b"\x00\x01")), ValueError, "tokenizer.json is corrupt"),
+    Row("corrupt processor_config.json", loaded_copy(write("processor_config.json", b"[")), ValueError, "processor_config.json is corrupt"),
+    Row("truncated model.safetensors", loaded_copy(cut_in_half("model.safetensors")), ValueError, "model.safetensors is corrupt or cut short"),
+    Row("pickle as model.safetensors", loaded_copy(pickle_renamed_safetensors), ValueError, "model.safetensors is corrupt"),
+    Row("no weights at all", loaded_copy(delete("model.safetensors")), FileNotFoundError, "no *.safetensors"),
+    Row("processor stacking differs from the model's", loaded_copy(stacking_factor(2)), ValueError, "stacks 2 encoder frames"),
+    Row("an intact checkpoint loads", loaded_copy(lambda folder: None),
+        check=lambda loaded: loaded[0].config.model_type == "moe_audio" and loaded[1] is not None),
+]
+
+
+@cases(LOADING_ROWS)
+def test_loading(row, tmp_path, saved_checkpoint):
+    play(row, tmp_path, saved_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Manifests: every row checked up front, with its line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+GOOD_ROW = {"audio": "one-second.wav", "prompt": "What is it?", "response": "noise"}
+
+
+def manifest_of(*rows, skip=False, raw: bytes | None = None, max_seconds=600.0):
+    def run(tmp_path, wav):
+        from modeling_moe_audio.data.manifest import load_manifest
+
+        folder = tmp_path / "data"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(wav, folder / "one-second.wav")
+        path = folder / "manifest.jsonl"
+        lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+        path.write_bytes(raw if raw is not None else ("\n".join(lines) + "\n").encode())
+        return load_manifest(path, max_audio_seconds=max_seconds, skip_bad_rows=skip)
+    return run
+
+
+def user(*blocks):
+    return {"role": "user", "content": list(blocks)}
+
+
+def assistant(text="noise"):
+    return {"role": "assistant", "content": text}
+
+
+AUDIO = {"type": "audio", "path": "one-second.wav"}
+TEXT = {"type": "text", "text": "What is it?"}
+
+MANIFEST_ROWS = [
+    Row("a good row", manifest_of(GOOD_ROW), check=lambda result: result[1].kept == 1),
+    Row("placeholder text in the prompt", manifest_of(GOOD_ROW, {**GOOD_ROW, "prompt": "Hear <|audio_pad|> this"}),
+        BadRowError_ := __import__("modeling_moe_audio.data.audio", fromlist=["BadRowError"]).BadRowError,
+        "line 2: 'prompt' holds the special token '<|audio_pad|>'"),
+    Row("ChatML markup in the response", manifest_of({**GOOD_ROW, "response": "ok<|im_end|>"}), BadRowError_, "'<|im_end|>'"),
+    Row("audio block in the assistant message",
+        manifest_of({"conversation": [user(AUDIO, TEXT), {"role": "assistant", "content": [AUDIO]}]}), BadRowError_,
+        "message 1 (assistant) holds audio"),
+    Row("unknown role", manifest_of({"conversation": [{"role": "bot", "content": "hi"}, assistant()]}), BadRowError_,
+        "role 'bot'"),
+    Row("unknown block type", manifest_of({"conversation": [user({"type": "image", "path": "x.png"}), assistant()]}),
+        BadRowError_, "a block that is not"),
+    Row("a block that is a string", manifest_of({"conversation": [user("just text"), assistant()]}), BadRowError_,
+        "a block that is not"),
+    Row("text block without text", manifest_of({"conversation": [user(AUDIO, {"type": "text"}), assistant()]}),
+        BadRowError_, "must be a string"),
+    Row("text block with a number", manifest_of({"conversation": [user(AUDIO, {"type": "text", "text": 3}), assistant()]}),
+        BadRowError_, "must be a string (got number)"),
+    Row("content of another type", manifest_of({"conversation": [{"role": "user", "content": 7}, assistant()]}),
+        BadRowError_, "must be a string or a non-empty list"),
+    Row("empty content list", manifest_of({"conversation": [{"role": "user", "content": []}, assistant()]}),
+        BadRowError_, "non-empty list"),
+    Row("message without role", manifest_of({"conversation": [{"content": "hi"}, assistant()]}), BadRowError_,
+        "needs 'role' and 'content'"),
+    Row("message that is a string", manifest_of({"conversation": ["hi", assistant()]}), BadRowError_,
+        "needs 'role' and 'content'"),
+    Row("conversation without an assistant", manifest_of({"conversation": [user(AUDIO, TEXT)]}), BadRowError_,
+        "no assistant message"),
+    Row("conversation that is an object", manifest_of({"conversation": {"role": "user"}}), BadRowError_,
+        "non-empty list of messages"),
+    Row("audio block without a path", manifest_of({"conversation": [user({"type": "audio"}), assistant()]}),
+        BadRowError_, "needs a 'path'"),
+    Row("audio block with a numeric path", manifest_of({"conversation": [user({"type": "audio", "path": 5}), assistant()]}),
+        BadRowError_, "needs a 'path'"),
+    Row("row that is a list", manifest_of(GOOD_ROW, [1, 2]), BadRowError_, "line 2: is not a JSON object"),
+    Row("row that is a number", manifest_of("42"), BadRowError_, "is not a JSON object"),
+    Row("missing response", manifest_of({"audio": "one-second.wav", "prompt": "p"}), BadRowError_, "missing ['response']"),
+    Row("prompt that is a list", manifest_of({**GOOD_ROW, "prompt": ["a"]}), BadRowError_, "must be strings"),
+    Row("audio that is a number", manifest_of({**GOOD_ROW, "audio": 3}), BadRowError_, "must be a path"),
+    Row("audio list with a number", manifest_of({**GOOD_ROW, "audio": ["one-second.wav", 3]}), BadRowError_, "must be a path"),
+    Row("empty audio list", manifest_of({**GOOD_ROW, "audio": []}), BadRowError_, "must be a path"),
+    Row("invalid JSON line", manifest_of(GOOD_ROW, "{oops"), BadRowError_, "line 2: is not valid JSON"),
+    Row("a line that is not UTF-8", manifest_of(raw=json.dumps(GOOD_ROW).encode() + b"\n\xff\xfe{}\n"), BadRowError_,
+        "line 2: is not UTF-8 text"),
+    Row("missing audio file", manifest_of({**GOOD_ROW, "audio": "gone.wav"}), BadRowError_, "gone.wav does not exist"),
+    Row("audio path climbing out with ..", manifest_of({**GOOD_ROW, "audio": "../one-second.wav"}), BadRowError_,
+        "climbs out of the data file's folder"),
+    Row("audio that is not audio", manifest_of({**GOOD_ROW, "audio": "manifest.jsonl"}), BadRowError_, "cannot be decoded"),
+    Row("audio longer than the limit", manifest_of(GOOD_ROW, max_seconds=0.5), BadRowError_, "over the limit of 0.5 s"),
+    Row("a column of two types", manifest_of({**GOOD_ROW, "category": "speech"}, {**GOOD_ROW, "category": 3}),
+        BadRowError_, "line 2: its 'category' is a number, but line 1 made the column a string"),
+    Row("a column null then set", manifest_of({**GOOD_ROW, "category": None}, {**GOOD_ROW, "category": "music"}),
+        check=lambda result: result[1].kept == 2),
+    Row("an empty manifest", manifest_of(raw=b"\n\n"), ValueError, "has no usable rows"),
+    Row("every kind of bad row is skipped and counted", manifest_of(
+        GOOD_ROW, "{oops", [1], {**GOOD_ROW, "prompt": "<|audio_pad|>"}, {**GOOD_ROW, "audio": "gone.wav"},
+        {"conversation": [user(AUDIO, TEXT), {"role": "assistant", "content": [AUDIO]}]},
+        {**GOOD_ROW, "category": 1}, {**GOOD_ROW, "category": "x"}, skip=True),
+        check=lambda result: result[1].kept == 2 and len(result[1].skipped) == 6
+        and all(", line " in message for message in result[1].skipped)),
+    Row("a manifest that is a folder", lambda tmp, wav: __import__("modeling_moe_audio.data.manifest", fromlist=["x"])
+        .load_manifest(tmp), IsADirectoryError, "is a folder"),
+]
+
+
+@cases(MANIFEST_ROWS)
+def test_manifest(row, tmp_path, wav):
+    play(row, tmp_path, wav)
+
+
+def test_a_truncated_wav_is_named_in_a_warning(tmp_path, wav):
+    from modeling_moe_audio.data.manifest import load_manifest
+
+    data = wav.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    (tmp_path / "m.jsonl").write_text(json.dumps({**GOOD_ROW, "audio": "cut.wav"}) + "\n")
+    with pytest.warns(UserWarning, match=r"cut\.wav is truncated: 50% of the samples"):
+        load_manifest(tmp_path / "m.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files the commands write: nothing the user saved is written over unasked
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def folder_holding(*names):
+    def make(tmp_path):
+        folder = tmp_path / "out"
+        for name in names:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("mine")
+        return folder
+    return make
+
+
+def guard(make, **kwargs):
+    from modeling_moe_audio.output_dirs import check_output_dir
+
+    return lambda tmp_path: check_output_dir(make(tmp_path), **kwargs)
+
+
+def run_claim(make, command="demo", settings=None, repeat=None, **kwargs):
+    """`start_run` on the folder `make` gives; with `repeat`, a first run (command, settings) claimed it before."""
+    from modeling_moe_audio.output_dirs import finish_run, start_run
+
+    def run(tmp_path):
+        folder = make(tmp_path)
+        if repeat is not None:
+            start_run(folder, *repeat[:2])
+            if repeat[2:] == ("finished",):
+                finish_run(folder)
+        return start_run(folder, command, settings or {"quick": True, "seed": 0}, **kwargs)
+    return run
+
+
+QUICK0 = {"quick": True, "seed": 0}
+FILE_SAFETY_ROWS = [
+    Row("a folder of the user's files (README.md, train_results.json)", guard(folder_holding("README.md", "train_results.json")),
+        FileExistsError, "is not empty (README.md, train_results.json)"),
+    Row("a file where the folder goes", lambda tmp: guard(lambda t: t / "f")(tmp) if (tmp / "f").write_text("x") else None,
+        FileExistsError, "is a file"),
+    Row("an empty folder is used", guard(lambda tmp: tmp / "new"), check=lambda folder: folder.name == "new"),
+    Row("--overwrite lets a command write into a full folder", guard(folder_holding("notes.txt"), overwrite=True),
+        check=lambda folder: (folder / "notes.txt").read_text() == "mine"),
+    Row("a run into a folder of the user's files", run_claim(folder_holding("corpus/audio/train/mine.wav")),
+        FileExistsError, "is not empty"),
+    Row("a demo rerun into its own unfinished run is named unfinished", run_claim(lambda tmp: tmp / "d", repeat=("demo", QUICK0)),
+        FileExistsError, "holds an unfinished `moe-audio demo` run with these settings; pass --overwrite"),
+    Row("a demo rerun into its finished run", run_claim(lambda tmp: tmp / "d", repeat=("demo", QUICK0, "finished")),
+        FileExistsError, "holds a finished `moe-audio demo` run"),
+    Row("an ablate rerun continues its unfinished run", run_claim(lambda tmp: tmp / "a", "ablate", resumable=True,
+        repeat=("ablate", QUICK0)), check=lambda resuming: resuming is True),
+    Row("an ablate rerun with another seed", run_claim(lambda tmp: tmp / "a", "ablate", {"quick": True, "seed": 1},
+        resumable=True, repeat=("ablate", QUICK0)), FileExistsError, "run with other settings"),
+    Row("ablate into a demo's folder", run_claim(lambda tmp: tmp / "a", "ablate", resumable=True, repeat=("demo", QUICK0)),
+        FileExistsError, "`moe-audio demo` run"),
+    Row("--overwrite replaces an unfinished run", run_claim(lambda tmp: tmp / "d", repeat=("demo", QUICK0), overwrite=True),
+        check=lambda resuming: resuming is False),
+    Row("a fresh folder is claimed", run_claim(lambda tmp: tmp / "new"), check=lambda resuming: resuming is False),
+]
+
+
+@cases(FILE_SAFETY_ROWS)
+def test_file_safety(row, tmp_path):
+    play(row, tmp_path)
+
+
+def test_a_save_that_dies_half_way_leaves_no_checkpoint_to_trip_over(tmp_path, saved_checkpoint, wav, monkeypatch):
+    """Fault: the process dies while writing checkpoint-2 (after the weights, before the trainer state). The folder
+    then holds checkpoint-1 whole and no checkpoint-2, and resuming from the last checkpoint works."""
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from modeling_moe_audio.commands.train import build_parser
+    from modeling_moe_audio.training.trainer import build_trainer
+
+    shutil.copy(wav, tmp_path / "one-second.wav")
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(GOOD_ROW) for _ in range(4)) + "\n")
+    output = tmp_path / "run"
+    args = ["--model", str(saved_checkpoint), "--train_data", str(tmp_path / "train.jsonl"), "--output_dir", str(output),
+            "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "2", "--save_steps", "1",
+            "--save_strategy", "steps", "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0"]
+    trainer = build_trainer(*build_parser().parse_args_into_dataclasses(args=args))
+    save_rng_state = Trainer._save_rng_state
+
+    def dies_at_step_2(self, output_dir):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("killed while saving")
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(path.name for path in output.iterdir() if path.name.startswith("checkpoint-")) == ["checkpoint-1"]
+    assert get_last_checkpoint(str(output)).endswith("checkpoint-1")
+    assert (output / "checkpoint-1" / "trainer_state.json").is_file()
+    monkeypatch.setattr(Trainer, "_save_rng_state", save_rng_state)
+    resumed = build_trainer(*build_parser().parse_args_into_dataclasses(args=args))
+    resumed.train(resume_from_checkpoint=True)
+    assert (output / "checkpoint-2" / "trainer_state.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line: one clear line, at once
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def command(*argv):
+    """Run `moe-audio ARGV` in this process; a refusal is the `SystemExit` whose message the user reads."""
+    from modeling_moe_audio.commands.main import main
+
+    def run(tmp_path, checkpoint):
+        previous = os.getcwd()
+        os.chdir(tmp_path)  # relative paths below are the user's own folder
+        try:
+            Path("runs").mkdir(exist_ok=True)
+            return main([str(arg).replace("CKPT", str(checkpoint)) for arg in argv])
+        finally:
+            os.chdir(previous)
+    return run
+
+
+def command_with_file(name, text, *argv):
+    def run(tmp_path, checkpoint):
+        (tmp_path / name).write_text(text)
+        return command(*argv)(tmp_path, checkpoint)
+    return run
+
+
+CLI_ROWS = [
+    Row("train: a mistyped local --model", command("train", "--model", "runs/tiny-mo", "--train_data", "t.jsonl",
+        "--output_dir", "o", "--use_cpu"), SystemExit, "error: Checkpoint folder runs/tiny-mo does not exist"),
+    Row("evaluate: a mistyped local model", command("evaluate", "runs/tiny-mo", "data.json"), SystemExit,
+        "does not exist"),
+    Row("analyze: a mistyped local model", command("analyze", "runs/x/y", "data.jsonl", "--output_dir", "a"), SystemExit,
+        "Checkpoint folder runs/x/y does not exist"),
+    Row("upcycle: a missing folder", command("upcycle", "runs/dense", "--output_dir", "up"), SystemExit,
+        "Checkpoint folder runs/dense does not exist"),
+    Row("push: a missing folder", command("push", "runs/nothing", "you/model"), SystemExit, "is not a directory"),
+    Row("push --dry_run lists the files and uploads nothing", command("push", "CKPT", "you/model", "--dry_run"),
+        check=lambda result: result is None),
+    Row("init: malformed --config JSON names the file", command_with_file("bad.json", "{x", "init", "--config", "bad.json",
+        "--output_dir", "m"), SystemExit, "bad.json is not a valid JSON file"),
+    Row("init: --llm without --audio_encoder", command("init", "--llm", "x", "--output_dir", "m"), SystemExit,
+        "--llm and --audio_encoder go together"),
+    Row("init: no --config", command("init", "--output_dir", "m"), SystemExit, "--config is required"),
+    Row("init: a config value out of range", command_with_file("neg.json", '{"num_experts": 0}', "init", "--config",
+        "neg.json", "--output_dir", "m"), SystemExit, "num_experts=0 must be a positive integer"),
+    Row("params: an unknown preset", command("params", "tiny-typo"), SystemExit, "one of the presets"),
+    Row("ablate: an unknown configuration", command("ablate", "--configs", "3-choose-9", "--output_dir", "ab"),
+        SystemExit, "Unknown configurations ['3-choose-9']"),
+    Row("update-code: a folder that is no checkpoint", command("update-code", "runs"), SystemExit, "error:"),
+    Row("an unknown command", command("trian"), SystemExit, "2"),
+]
+
+
+@cases(CLI_ROWS)
+def test_command_line(row, tmp_path, saved_checkpoint, capsys):
+    play(row, tmp_path, saved_checkpoint)
+    if row.error is SystemExit and row.message.startswith("error:"):
+        assert "Traceback" not in capsys.readouterr().err
