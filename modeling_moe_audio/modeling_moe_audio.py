@@ -20,58 +20,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Expert kernels. The paper's experts read the audio width d and write the LLM width D (2560 -> 1280 -> 2048 in
-# Table 4), while transformers' own `grouped_mm` / `batched_mm` kernels assume an expert writes the width it
-# reads. These two follow the same algorithms for rectangular experts and plug into the same experts interface.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """transformers' grouped matmul: torch's kernel where it runs, else the library's fallback operator (torch.compile
-    takes torch's kernel in bf16 only, and torch has no float64 kernel)."""
-    if weights.dtype == torch.float64:
-        return torch.ops.transformers.grouped_mm_fallback(inputs.to(weights.dtype), weights, offs=offsets)
-    return transformers_moe._grouped_mm(inputs, weights, offs=offsets)
-
-
-def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice."""
-    num_tokens, top_k = top_k_index.shape
-    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)
-    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)
-    # Repeat, then permute: the gradient of a gather with repeated indices is summed in a thread-dependent order on
-    # CPU, which made runs with the same seed drift apart; a permutation has no repeats.
-    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]
-    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))
-    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)
-    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)
-    # Summing in token order (not index_add_) keeps the result deterministic on every device.
-    inverse_order = torch.empty_like(order)
-    inverse_order[order] = torch.arange(order.numel(), device=order.device)
-    return pair_outputs[inverse_order].view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
-
-
-def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry."""
-    num_tokens, top_k = top_k_index.shape
-    expert_of_pair = top_k_index.reshape(-1)
-    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0).to(experts.up_proj.dtype)
-    hidden = experts.act_fn(torch.bmm(experts.up_proj[expert_of_pair], pair_inputs.unsqueeze(-1)).squeeze(-1))
-    pair_outputs = torch.bmm(experts.down_proj[expert_of_pair], hidden.unsqueeze(-1)).squeeze(-1)
-    pair_outputs = pair_outputs * top_k_weights.reshape(-1, 1).to(pair_outputs.dtype)
-    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
-
-
-class RectangularExpertsInterface(ExpertsInterface):
-    """The experts interface of transformers, with kernels for experts whose output width differs from their input."""
-
-    _global_mapping = {"grouped_mm": grouped_mm_experts_forward, "batched_mm": batched_mm_experts_forward}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,15 +67,17 @@ class DenseAdapter(nn.Module):
         self.down_proj = nn.Linear(config.dense_intermediate_size, config.text_config.hidden_size, bias=False)
         self.output_norm = nn.LayerNorm(config.text_config.hidden_size, eps=eps)
 
-    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
         hidden = self.down_proj(self.act_fn(self.up_proj(self.input_norm(audio_features))))
-        return self.output_norm(hidden), None, None
+        return self.output_norm(hidden)
 
 
 class MoEAudioRouter(nn.Module):
     """Eq. 3: logits s = x W_g in float32, the top-k kept, softmax over the kept logits.
 
-    With `router_selection_bias`, a per-expert bias shifts which experts are chosen but not their weights.
+    With `router_selection_bias`, a per-expert bias shifts which experts are chosen but not their weights. Returns
+    `(router_logits, routing_weights, selected_experts)`: the model records the first and the last through
+    `_can_record_outputs`, and training callbacks read them with a forward hook on this class.
     """
 
     def __init__(self, config: MoEAudioConfig):
@@ -161,9 +115,24 @@ class MoEAudioRouter(nn.Module):
         return router_logits, routing_weights, selected_experts
 
 
+class RectangularExpertsInterface(ExpertsInterface):
+    """transformers' experts interface, for experts whose output width differs from their input width.
+
+    The paper's experts read the audio width d and write the LLM width D (2560 -> 1280 -> 2048 in Table 4), while
+    transformers' own `grouped_mm` / `batched_mm` kernels assume an expert writes the width it reads. This interface
+    offers the same two algorithms for rectangular experts, defined and registered at the end of this file ("Expert
+    kernels"); `use_experts_implementation` looks the kernel up at every call, so the mapping may be filled later.
+    """
+
+    _global_mapping = {}
+
+
 @use_experts_implementation(experts_interface=RectangularExpertsInterface(), has_gate=False)
 class MoEAudioExperts(nn.Module):
-    """Eq. 2: N experts E_i(x) = W_e2 SiLU(W_e1 x), stored as 3D tensors; eq. 4: their routing-weighted sum."""
+    """Eq. 2: N experts E_i(x) = W_e2 SiLU(W_e1 x), stored as 3D tensors; eq. 4: their routing-weighted sum.
+
+    `forward` is the eager kernel; `config._experts_implementation` picks `grouped_mm` (the default) or `batched_mm`.
+    """
 
     def __init__(self, config: MoEAudioConfig):
         super().__init__()
@@ -176,14 +145,32 @@ class MoEAudioExperts(nn.Module):
         self.act_fn = ACT2FN["silu"]
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        """Eager kernel: one pass per expert that received tokens."""
-        output = hidden_states.new_zeros(hidden_states.shape[0], self.down_proj.shape[1])
+        """Eager kernel: each expert that received tokens runs once on them, writing each (token, slot) pair's output
+        in its own place; each token's k outputs are then summed in slot order. No `index_add_` (whose accumulation
+        order is not fixed on CUDA): results and gradients are bit-identical from run to run on every device."""
+        num_tokens, top_k = top_k_index.shape
+        pair_outputs = hidden_states.new_zeros(num_tokens, top_k, self.down_proj.shape[1])  # (tokens, k, D)
         for expert in top_k_index.unique().tolist():
-            token_index, slot = torch.where(top_k_index == expert)
-            hidden = self.act_fn(nn.functional.linear(hidden_states[token_index], self.up_proj[expert]))
-            expert_output = nn.functional.linear(hidden, self.down_proj[expert])
-            output.index_add_(0, token_index, expert_output * top_k_weights[token_index, slot, None].to(output.dtype))
-        return output
+            token_index, slot = torch.where(top_k_index == expert)  # (n,), (n,): the n pairs routed to `expert`
+            hidden = self.act_fn(nn.functional.linear(hidden_states[token_index], self.up_proj[expert]))  # (n, h)
+            pair_outputs[token_index, slot] = nn.functional.linear(hidden, self.down_proj[expert])  # (n, D)
+        weighted = pair_outputs * top_k_weights.unsqueeze(-1).to(pair_outputs.dtype)  # (tokens, k, D)
+        return weighted.sum(dim=1)  # (tokens, D)
+
+
+class MoEAudioSharedExpert(nn.Module):
+    """The shared aggregation MLP S of eq. 4 that every token uses: S(x) = W_s2 SiLU(W_s1 LN_s(x))."""
+
+    def __init__(self, config: MoEAudioConfig):
+        super().__init__()
+        output_size = config.audio_hidden_size if config.adapter_output_projection else config.text_config.hidden_size
+        self.norm = nn.LayerNorm(config.audio_hidden_size, eps=config.adapter_layer_norm_eps)
+        self.up_proj = nn.Linear(config.audio_hidden_size, config.shared_expert_intermediate_size, bias=False)
+        self.act_fn = ACT2FN["silu"]
+        self.down_proj = nn.Linear(config.shared_expert_intermediate_size, output_size, bias=False)
+
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(self.norm(audio_features))))
 
 
 class MoEAdapter(nn.Module):
@@ -197,18 +184,10 @@ class MoEAdapter(nn.Module):
         super().__init__()
         eps = config.adapter_layer_norm_eps
         text_hidden_size = config.text_config.hidden_size
-        output_size = config.audio_hidden_size if config.adapter_output_projection else text_hidden_size
         self.router = MoEAudioRouter(config)
         self.input_norm = nn.LayerNorm(config.audio_hidden_size, eps=eps)
         self.experts = MoEAudioExperts(config)
-        self.shared_expert = None
-        if config.shared_expert_intermediate_size:
-            self.shared_expert = nn.Sequential(
-                nn.LayerNorm(config.audio_hidden_size, eps=eps),
-                nn.Linear(config.audio_hidden_size, config.shared_expert_intermediate_size, bias=False),
-                ACT2FN["silu"],
-                nn.Linear(config.shared_expert_intermediate_size, output_size, bias=False),
-            )
+        self.shared_expert = MoEAudioSharedExpert(config) if config.shared_expert_intermediate_size else None
         self.output_projection = (
             nn.Linear(config.audio_hidden_size, text_hidden_size, bias=False)
             if config.adapter_output_projection
@@ -216,14 +195,14 @@ class MoEAdapter(nn.Module):
         )
         self.output_norm = nn.LayerNorm(text_hidden_size, eps=eps)
 
-    def forward(self, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_logits, routing_weights, selected_experts = self.router(audio_features)
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        _, routing_weights, selected_experts = self.router(audio_features)
         hidden = self.experts(self.input_norm(audio_features), selected_experts, routing_weights)
         if self.shared_expert is not None:
             hidden = hidden + self.shared_expert(audio_features)
         if self.output_projection is not None:
             hidden = self.output_projection(hidden)
-        return self.output_norm(hidden), router_logits, selected_experts
+        return self.output_norm(hidden)
 
 
 def load_balancing_loss_func(
@@ -286,6 +265,19 @@ class MoEAudioFeaturesOutput(BaseModelOutputWithPooling):
 
 
 @dataclass
+class MoEAudioAdapterOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`): the adapter's output.
+    router_logits (`tuple(torch.FloatTensor)`): each router's logits, `(num_audio_tokens, num_experts)`.
+    selected_experts (`tuple(torch.LongTensor)`): each router's chosen experts, `(num_audio_tokens, top_k)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    selected_experts: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
 class MoEAudioModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_tokens, hidden_size)`):
@@ -329,8 +321,29 @@ class MoEAudioPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # What the router decides, recorded by transformers' output capturing (see `MoEAudioModel.adapt_audio_features`).
+    _can_record_outputs = {
+        "router_logits": OutputRecorder(MoEAudioRouter, index=0),
+        "selected_experts": OutputRecorder(MoEAudioRouter, index=2),
+    }
+    # Checkpoints of moe-audio up to 0.2.0 hold the shared expert as an `nn.Sequential`, its weights named by position.
+    # `from_pretrained` passes this to transformers as `key_mapping` (transformers 5 no longer reads the attribute
+    # itself; PEFT still does, so LoRA adapters saved with the adapter in `modules_to_save` load too).
+    _checkpoint_conversion_mapping = {
+        r"shared_expert\.0\.": "shared_expert.norm.",
+        r"shared_expert\.1\.": "shared_expert.up_proj.",
+        r"shared_expert\.3\.": "shared_expert.down_proj.",
+    }
+
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        key_mapping = {**cls._checkpoint_conversion_mapping, **(key_mapping or {})}
+        return super().from_pretrained(*args, key_mapping=key_mapping, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        # Always in the current layout: transformers would otherwise rename back what `key_mapping` renamed at load
+        # (`save_original_format`), so a re-saved old checkpoint would keep the positional names forever.
+        kwargs.setdefault("save_original_format", False)
         # transformers writes the `auto_map` entry of the saved class only; a checkpoint carrying this code should
         # also load as the base model and through the any-to-any pipeline.
         if self.is_remote_code():
@@ -419,13 +432,27 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
 
         # Only real audio tokens go through the frontend and the adapter, so padding never reaches the router.
         audio_features = self.frontend(stacked[token_mask], semantic_ids)
-        audio_embeds, router_logits, selected_experts = self.adapter(audio_features)
+        adapted = self.adapt_audio_features(
+            audio_features, output_router_logits=True, output_selected_experts=True, return_dict=True
+        )
+        # One entry per router that ran: none for the dense adapter, one for the MoE adapter.
+        if len(adapted.router_logits) > 1:
+            raise RuntimeError(f"{len(adapted.router_logits)} routers ran for one adapter call; expected at most 1.")
         return MoEAudioFeaturesOutput(
             last_hidden_state=encoded,
-            pooler_output=audio_embeds,
-            router_logits=router_logits,
-            selected_experts=selected_experts,
+            pooler_output=adapted.last_hidden_state,
+            router_logits=adapted.router_logits[0] if adapted.router_logits else None,
+            selected_experts=adapted.selected_experts[0] if adapted.selected_experts else None,
         )
+
+    @capture_outputs
+    def adapt_audio_features(self, audio_features: torch.Tensor, **kwargs) -> "MoEAudioAdapterOutput":
+        """The adapter on the fused audio features, `(num_audio_tokens, audio_hidden_size)`.
+
+        With `output_router_logits=True` / `output_selected_experts=True`, transformers' output capturing adds what
+        each router returned (`_can_record_outputs`), one tuple entry per router that ran.
+        """
+        return MoEAudioAdapterOutput(last_hidden_state=self.adapter(audio_features))
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, num_audio_embeds):
         """Where the audio embeddings go; checks that there is exactly one placeholder per audio embedding."""
@@ -515,6 +542,10 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MoEAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # lambda of eq. 6 (and the z-loss weight) as the loss uses them now: a training schedule changes these
+        # attributes, never the config, which keeps the configured values that `save_pretrained` writes.
+        self.router_aux_loss_coef = config.router_aux_loss_coef
+        self.router_z_loss_coef = config.router_z_loss_coef
         self.post_init()
 
     def get_input_embeddings(self):
@@ -582,9 +613,9 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits, labels, self.config.text_config.vocab_size, **kwargs)
             router_loss = torch.zeros((), device=loss.device)
             if outputs.aux_loss is not None:
-                router_loss = router_loss + self.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
-            if outputs.router_z_loss is not None and self.config.router_z_loss_coef:
-                router_loss = router_loss + self.config.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
+                router_loss = router_loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
+            if outputs.router_z_loss is not None and self.router_z_loss_coef:
+                router_loss = router_loss + self.router_z_loss_coef * outputs.router_z_loss.to(loss.device)
             loss = loss + self._router_loss_share(labels, kwargs.get("num_items_in_batch")) * router_loss
 
         return MoEAudioCausalLMOutputWithPast(
@@ -601,6 +632,60 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
         )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Expert kernels: transformers' `grouped_mm` and `batched_mm` algorithms (transformers/integrations/moe.py) for
+# rectangular experts, registered into `RectangularExpertsInterface`. They can go once transformers' own kernels
+# take an output width that differs from the input width (moe-audio's docs/upstream-rectangular-experts.md).
+# Shapes: S = tokens * k (token, expert) pairs, d = input width, h = expert width, D = output width, E = experts.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """transformers' grouped matmul: torch's kernel where it runs, else the library's fallback operator (torch.compile
+    takes torch's kernel in bf16 only, and torch has no float64 kernel)."""
+    if weights.dtype == torch.float64:
+        return torch.ops.transformers.grouped_mm_fallback(inputs.to(weights.dtype), weights, offs=offsets)
+    return transformers_moe._grouped_mm(inputs, weights, offs=offsets)
+
+
+def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
+    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice."""
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (S,), (S,)
+    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)  # (E,)
+    # Repeat, then permute: the gradient of a gather with repeated indices is summed in a thread-dependent order on
+    # CPU, which made runs with the same seed drift apart; a permutation has no repeats.
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]  # (S, d), sorted by expert
+    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))  # (S, h)
+    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)  # (S, D)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)  # (S, D)
+    # Summing in token order (not index_add_) keeps the result deterministic on every device.
+    inverse_order = torch.empty_like(order)  # (S,)
+    inverse_order[order] = torch.arange(order.numel(), device=order.device)
+    pair_outputs = pair_outputs[inverse_order]  # (S, D), back in (token, slot) order
+    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)  # (tokens, D)
+
+
+def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
+    """Gather each (token, expert) pair's weights and run one batched matmul: fast for few tokens, memory-hungry.
+
+    The gradients of the expert weights, summed over a gather with repeated indices, vary in their last bits with
+    the thread count and scheduling: train with `grouped_mm` or eager where runs must repeat bit for bit."""
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair = top_k_index.reshape(-1)  # (S,)
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0).to(experts.up_proj.dtype)  # (S, d)
+    up = experts.up_proj[expert_of_pair]  # (S, h, d)
+    hidden = experts.act_fn(torch.bmm(up, pair_inputs.unsqueeze(-1)).squeeze(-1))  # (S, h)
+    down = experts.down_proj[expert_of_pair]  # (S, D, h)
+    pair_outputs = torch.bmm(down, hidden.unsqueeze(-1)).squeeze(-1)  # (S, D)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1, 1).to(pair_outputs.dtype)  # (S, D)
+    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)  # (tokens, D)
+
+
+RectangularExpertsInterface.register("grouped_mm", grouped_mm_experts_forward)
+RectangularExpertsInterface.register("batched_mm", batched_mm_experts_forward)
+
+
 __all__ = [
     "DenseAdapter",
     "MoEAdapter",
@@ -610,5 +695,6 @@ __all__ = [
     "MoEAudioModel",
     "MoEAudioPreTrainedModel",
     "MoEAudioRouter",
+    "MoEAudioSharedExpert",
     "load_balancing_loss_func",
 ]

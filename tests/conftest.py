@@ -7,11 +7,10 @@ takes a copy (`tiny_checkpoint_copy`); at the end of the session each shared che
 import hashlib
 import shutil
 
+
 import pytest
 
 from helpers import tiny_model
-# test_model.py and test_adapter.py import these from conftest; the definitions are in helpers.py.
-from helpers import make_audio_batch, make_input_ids, tiny_config, tokens_for  # noqa: F401
 
 
 def _contents(folder):

@@ -129,3 +129,26 @@ def moe_audio_process(*args, env=None, timeout=600) -> subprocess.CompletedProce
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "modeling_moe_audio.commands.main", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# How moe-audio up to 0.2.0 named the shared expert's weights: by position in an `nn.Sequential`.
+POSITIONAL_SHARED_EXPERT_NAMES = {
+    ".shared_expert.norm.": ".shared_expert.0.",
+    ".shared_expert.up_proj.": ".shared_expert.1.",
+    ".shared_expert.down_proj.": ".shared_expert.3.",
+}
+
+
+def use_positional_shared_expert_names(folder, weights_file: str = "model.safetensors") -> None:
+    """Rewrite `folder`'s weights with the names moe-audio up to 0.2.0 wrote; same tensors."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / weights_file
+    weights = load_file(path)
+    renamed = {}
+    for key, value in weights.items():
+        for new, old in POSITIONAL_SHARED_EXPERT_NAMES.items():
+            key = key.replace(new, old)
+        renamed[key] = value
+    assert renamed.keys() != weights.keys(), "the checkpoint has no shared expert to rename"
+    save_file(renamed, path, metadata={"format": "pt"})

@@ -5,7 +5,7 @@ import torch
 
 from modeling_moe_audio.modeling_moe_audio import MoEAdapter, load_balancing_loss_func
 
-from conftest import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for
+from helpers import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for
 
 
 def reference_adapter(adapter: MoEAdapter, x: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -22,8 +22,8 @@ def reference_adapter(adapter: MoEAdapter, x: torch.Tensor, top_k: int) -> torch
             gate * (adapter.experts.down_proj[e] @ silu(adapter.experts.up_proj[e] @ normed))  # eqs. 2 and 4
             for gate, e in zip(gates, kept.tolist())
         )
-        shared_norm, shared_up, _, shared_down = adapter.shared_expert
-        h = h + shared_down.weight @ silu(shared_up.weight @ layer_norm(shared_norm, token))
+        shared = adapter.shared_expert
+        h = h + shared.down_proj.weight @ silu(shared.up_proj.weight @ layer_norm(shared.norm, token))
         outputs.append(layer_norm(adapter.output_norm, h))  # eq. 5 (W_P folded into the output matrices)
     return torch.stack(outputs)
 
@@ -49,7 +49,10 @@ def test_moe_adapter_matches_float64_reference(implementation):
     model.set_experts_implementation(implementation)
     adapter = model.model.adapter
     x = torch.randn(37, model.config.audio_hidden_size, dtype=torch.float64)
-    output, router_logits, selected = adapter(x)
+    adapted = model.model.adapt_audio_features(x, output_router_logits=True, output_selected_experts=True)
+    (router_logits,), (selected,) = adapted.router_logits, adapted.selected_experts  # recorded from the one router
+    output = adapted.last_hidden_state
+    torch.testing.assert_close(adapter(x), output, rtol=0, atol=0)
     with torch.no_grad():
         expected = reference_adapter(adapter, x, model.config.num_experts_per_tok)
         expected_logits = x @ adapter.router.weight.T
@@ -143,7 +146,7 @@ def test_token_uses_only_its_chosen_experts(implementation):
     model.set_experts_implementation(implementation)
     adapter = model.model.adapter
     x = torch.randn(1, model.config.audio_hidden_size)
-    output, _, selected = adapter(x)
+    output, (_, _, selected) = adapter(x), adapter.router(x)
     (output * torch.randn_like(output)).sum().backward()  # a plain sum is constant after the final LayerNorm
     chosen = set(selected[0].tolist())
     for expert in range(model.config.num_experts):
@@ -158,7 +161,7 @@ def test_token_uses_only_its_chosen_experts(implementation):
     with torch.no_grad():
         adapter.experts.up_proj[unchosen].add_(1.0)
         adapter.experts.down_proj[unchosen].mul_(3.0)
-        torch.testing.assert_close(adapter(x)[0], output.detach())
+        torch.testing.assert_close(adapter(x), output.detach())
 
 
 def test_expert_kernels_agree_on_outputs_and_gradients():
@@ -170,7 +173,7 @@ def test_expert_kernels_agree_on_outputs_and_gradients():
         assert model.model.adapter.experts.config._experts_implementation == implementation
         adapter = model.model.adapter
         inputs = x.clone().requires_grad_(True)
-        output, _, _ = adapter(inputs)
+        output = adapter(inputs)
         (output * torch.randn(output.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
         grads = {name: p.grad.clone() for name, p in adapter.named_parameters()}
         results[implementation] = (output.detach(), inputs.grad.clone(), grads)
@@ -182,6 +185,51 @@ def test_expert_kernels_agree_on_outputs_and_gradients():
         for name, grad in grads.items():
             scale = reference_grads[name].abs().max().item()
             torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6 * scale, msg=name)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
+def test_expert_kernels_give_bit_identical_gradients_on_repeated_backward_passes(implementation):
+    """Same inputs, same gradients to the bit, also with several threads (no accumulation in a varying order).
+
+    Not batched_mm: its expert-weight gradients come from a gather with repeated indices, summed in thread order."""
+    model = tiny_model()
+    model.set_experts_implementation(implementation)
+    experts = model.model.adapter.experts
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(301, model.config.audio_hidden_size, generator=generator)
+    routing = torch.softmax(torch.randn(301, model.config.num_experts, generator=generator), -1)
+    weights, index = routing.topk(model.config.num_experts_per_tok)  # every token uses k distinct experts
+    upstream = torch.randn(301, experts.down_proj.shape[1], generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(2):
+            experts.zero_grad(set_to_none=True)
+            inputs, gates = x.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+            output = experts(inputs, index, gates)
+            (output * upstream).sum().backward()
+            runs.append([output.detach(), inputs.grad, gates.grad, experts.up_proj.grad, experts.down_proj.grad])
+    finally:
+        torch.set_num_threads(threads)
+    for first, second in zip(*runs):
+        assert torch.equal(first.view(torch.int32), second.view(torch.int32))
+
+
+def test_eager_experts_equal_grouped_mm_and_batched_mm_with_rectangular_experts():
+    model = tiny_model()
+    experts = model.model.adapter.experts
+    assert experts.up_proj.shape[2] != experts.down_proj.shape[1]  # reads d = 48, writes D = 64
+    x = torch.randn(97, model.config.audio_hidden_size)
+    weights, index = torch.softmax(torch.randn(97, model.config.num_experts), -1).topk(model.config.num_experts_per_tok)
+    outputs = {}
+    for implementation in ["eager", "grouped_mm", "batched_mm"]:
+        model.set_experts_implementation(implementation)
+        with torch.no_grad():
+            outputs[implementation] = experts(x, index, weights)
+    assert outputs["eager"].shape == (97, model.config.text_config.hidden_size)
+    for implementation in ["grouped_mm", "batched_mm"]:
+        torch.testing.assert_close(outputs[implementation], outputs["eager"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm"])
@@ -210,7 +258,7 @@ def test_output_projection_variant_writes_back_to_the_audio_width():
     adapter = model.model.adapter
     assert adapter.experts.down_proj.shape[1] == model.config.audio_hidden_size
     assert adapter.output_projection.weight.shape == (model.config.text_config.hidden_size, model.config.audio_hidden_size)
-    output, _, _ = adapter(torch.randn(5, model.config.audio_hidden_size))
+    output = adapter(torch.randn(5, model.config.audio_hidden_size))
     assert output.shape == (5, model.config.text_config.hidden_size)
 
 

@@ -2,8 +2,9 @@
 
 The 0.1.0 checkpoint is real: the `tiny-4s` model and processor saved by the current code, with the three code files
 0.1.0 wrote (`tests/fixtures/moe-audio-0.1.0-code`, byte for byte those of release commit acfd25b) in place of the
-current ones; the weights, config and processor files are the same in both versions. Loading checks run in fresh
-processes where the package cannot be imported, each with its own empty remote-code module cache.
+current ones, and the shared expert's weights under 0.1.0's positional names (`shared_expert.0.weight`, ...); the
+tensors, config and processor files are the same in both versions. Loading checks run in fresh processes where the
+package cannot be imported, each with its own empty remote-code module cache.
 """
 
 import hashlib
@@ -30,7 +31,7 @@ from modeling_moe_audio.hub.publish import CODE_FILES, checkpoint_files, push_ch
 from modeling_moe_audio.presets import load_config, shipped_tokenizer
 from modeling_moe_audio.training.stages import add_lora
 
-from helpers import moe_audio, moe_audio_process, moe_audio_result
+from helpers import moe_audio, moe_audio_process, moe_audio_result, use_positional_shared_expert_names
 from remote_code import PRELUDE
 
 
@@ -52,10 +53,12 @@ def write_checkpoint(folder: Path, processor: bool = True) -> Path:
 
 
 def put_old_code(folder: Path) -> None:
-    """What 0.1.0 wrote: its three code files, or without a processor its configuration and modeling files."""
+    """What 0.1.0 wrote: its three code files, or without a processor its configuration and modeling files, and its
+    weight names (the shared expert's layers by position)."""
     for name in CODE_FILES:
         if (folder / name).exists():
             shutil.copyfile(OLD_CODE / name, folder / name)
+    use_positional_shared_expert_names(folder)
 
 
 def files(folder: Path) -> dict[str, bytes]:

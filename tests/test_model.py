@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from modeling_moe_audio import MoEAudioConfig, MoEAudioForCausalLM, MoEAudioModel
 
-from conftest import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for
+from helpers import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for
 
 
 def audio_inputs(config, mel_lengths, prompt_lengths, seed=0, padding_side="right", rows_with_audio=None):

@@ -75,6 +75,36 @@ def test_aux_loss_schedule_shapes():
         AuxLossSchedule(-1.0)
 
 
+def test_the_schedule_moves_the_model_attribute_and_the_saved_config_keeps_the_configured_lambda(
+    checkpoint, corpus, tmp_path, monkeypatch
+):
+    from transformers import TrainerCallback
+
+    from modeling_moe_audio.training import trainer as train_module
+
+    seen, trainers = [], []
+
+    class Spy(TrainerCallback):  # runs after the aux-loss callback, which is first in line
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append((model.router_aux_loss_coef, model.config.router_aux_loss_coef))
+
+    def build_with_spy(*args):
+        trainers.append(build_trainer(*args))
+        trainers[-1].add_callback(Spy())
+        return trainers[-1]
+
+    monkeypatch.setattr(train_module, "build_trainer", build_with_spy)
+    train_module.train(*parse(checkpoint, corpus, tmp_path / "run", "--max_steps", "3", "--logging_steps", "1",
+                              "--stage", "adapter", "--aux_loss_coef", "0.05", "--aux_loss_decay_to", "0"))
+    schedule = [0.05, 0.05 * 2 / 3, 0.05 / 3]  # lambda during the steps that start at 0, 1, 2 of 3
+    assert [coef for coef, _ in seen] == pytest.approx(schedule)
+    assert [configured for _, configured in seen] == [0.05] * 3
+    logged = [entry["moe/aux_loss_coef"] for entry in trainers[0].state.log_history if "moe/aux_loss" in entry]
+    assert logged == pytest.approx(schedule)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["router_aux_loss_coef"] == 0.05
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run", trust_remote_code=True).router_aux_loss_coef == 0.05
+
+
 def test_collapse_warning(caplog):
     callback = MoEAuxLossCallback(collapse_threshold=0.5, collapse_patience=2)
     callback._hooks = ["test double of a hooked MoE adapter"]

@@ -50,7 +50,7 @@ def test_partition_mode_splits_the_hidden_units(dense):
     moe = upcycle_model(source, num_experts=8, top_k=4, shared=192)  # 192 + 8 x 24 = 384 dense units
     adapter, dense_adapter = moe.model.adapter, source.model.adapter
     assert moe.config.expert_intermediate_size == 24
-    torch.testing.assert_close(adapter.shared_expert[1].weight, dense_adapter.up_proj.weight[:192])
+    torch.testing.assert_close(adapter.shared_expert.up_proj.weight, dense_adapter.up_proj.weight[:192])
     torch.testing.assert_close(adapter.experts.up_proj[3], dense_adapter.up_proj.weight[192 + 72 : 192 + 96])
     torch.testing.assert_close(adapter.experts.down_proj[3], 8 * dense_adapter.down_proj.weight[:, 192 + 72 : 192 + 96])
 

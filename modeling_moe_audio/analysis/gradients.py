@@ -37,9 +37,9 @@ def category_gradients(
     each batch's gradient is weighted by its token count and the sum divided by the category's token count, so
     batching does not change the result (up to rounding).
 
-    Only the task loss counts: the model is in eval mode (no dropout) and `router_aux_loss_coef` and
-    `router_z_loss_coef` are 0 while measuring (restored afterwards), the loss being computed from the logits. The
-    gradients come from `torch.autograd.grad`, so no parameter's `.grad` is touched.
+    Only the task loss counts: the model is in eval mode (no dropout) and the loss is computed from the logits of a
+    call without labels, so the router losses never enter. The gradients come from `torch.autograd.grad`, so no
+    parameter's `.grad` is touched.
     """
     params = analysed_parameters(model, parameters)
     collator = MoEAudioDataCollator(processor)

@@ -3,8 +3,8 @@ the measuring state (eval mode, gradients only where needed) from which the mode
 
 The loss analysed is the next-token loss of the assistant's answer only, as in training with the collator's labels,
 computed from the logits in the model's precision (at least float32). The balance loss of eq. 6 never enters: the
-loss is taken from the logits rather than from the model's `loss` (which adds the router losses, and whose
-cross-entropy always upcasts to float32, which would cap a float64 check).
+model is called without labels and the loss is taken from the logits rather than from the model's `loss` (which
+adds the router losses, and whose cross-entropy always upcasts to float32, which would cap a float64 check).
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import torch
 
 from ..data.corpus import CATEGORIES
 from ..unwrap import audio_adapter
-
-
-_ROUTER_LOSS_COEFFICIENTS = ("router_aux_loss_coef", "router_z_loss_coef")
 
 
 def category_order(categories) -> list[str]:
@@ -111,27 +108,21 @@ def analysed_parameters(model, parameters) -> list[torch.nn.Parameter]:
 
 @contextmanager
 def measuring(model, trainable=()):
-    """Eval mode (no dropout, no router jitter), task loss only, gradients only for `trainable`; all restored.
+    """Eval mode (no dropout, no router jitter), gradients only for `trainable`; both restored.
 
     Turning `requires_grad` off elsewhere keeps the backward pass to what the analysis needs.
     """
     was_training = model.training
-    config = model.config
-    coefficients = {name: getattr(config, name) for name in _ROUTER_LOSS_COEFFICIENTS if hasattr(config, name)}
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     trainable_ids = {id(parameter) for parameter in trainable}
     try:
         model.eval()
-        for name in coefficients:
-            setattr(config, name, 0.0)
         for parameter, _ in flags:
             parameter.requires_grad_(id(parameter) in trainable_ids)
         yield
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-        for name, value in coefficients.items():
-            setattr(config, name, value)
         model.train(was_training)
 
 

@@ -66,10 +66,9 @@ def upcycle_model(dense: MoEAudioForCausalLM, num_experts: int = 8, top_k: int =
     target.output_norm.load_state_dict(source.output_norm.state_dict())
     expert_width = config.expert_intermediate_size
     if shared:
-        shared_norm, shared_up, _, shared_down = target.shared_expert
-        shared_norm.load_state_dict(source.input_norm.state_dict())
-        shared_up.weight.copy_(up[:shared])
-        shared_down.weight.copy_(down[:, :shared])
+        target.shared_expert.norm.load_state_dict(source.input_norm.state_dict())
+        target.shared_expert.up_proj.weight.copy_(up[:shared])
+        target.shared_expert.down_proj.weight.copy_(down[:, :shared])
     for expert in range(num_experts):
         units = slice(shared + expert * expert_width, shared + (expert + 1) * expert_width) if shared else slice(None)
         target.experts.up_proj[expert].copy_(up[units])

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from ..analysis.gradients import category_gradients, gradient_cosine
 from ..analysis.routing import load_statistics
-from ..modeling_moe_audio import MoEAdapter, load_balancing_loss_func
+from ..modeling_moe_audio import MoEAudioRouter, load_balancing_loss_func
 from ..unwrap import unwrap_moe_model
 
 
@@ -68,10 +68,10 @@ class AuxLossSchedule:
 class MoEAuxLossCallback(FirstInLineCallback):
     """Applies the aux-loss schedule, logs routing statistics and warns about collapsing experts.
 
-    Each step it writes lambda into the model's `router_aux_loss_coef` (the model adds lambda * aux loss to its
-    loss, weighted so gradient accumulation and DDP do not change it). A forward hook on the MoE adapter counts the
-    routing decisions of the training batches; at every logging step it adds to the logs, for every reporting
-    integration and `state.log_history`:
+    Each step it sets lambda as the model's `router_aux_loss_coef` attribute (the model adds lambda * aux loss to
+    its loss, weighted so gradient accumulation and DDP do not change it); the config keeps the configured value.
+    A forward hook on the router counts the routing decisions of the training batches; at every logging step it
+    adds to the logs, for every reporting integration and `state.log_history`:
 
     - `moe/aux_loss`: eq. 10 averaged over the forward passes since the last log;
     - `moe/aux_loss_coef`: the current lambda;
@@ -97,7 +97,7 @@ class MoEAuxLossCallback(FirstInLineCallback):
         self.collapse_patience = collapse_patience
         self.bias_update_rate = bias_update_rate
         self._hooks = []
-        self._adapter = None  # the MoE adapter that last routed a training batch
+        self._router = None  # the router that last routed a training batch
         self._device = None
         self._reset()
         self._low_share_streak = None
@@ -110,8 +110,8 @@ class MoEAuxLossCallback(FirstInLineCallback):
     def _record(self, module, inputs, outputs):
         if not module.training:
             return
-        self._adapter = module
-        _, router_logits, selected_experts = outputs
+        self._router = module
+        router_logits, _, selected_experts = outputs  # what MoEAudioRouter.forward returns
         if router_logits.shape[0] == 0:
             return
         with torch.no_grad():
@@ -130,30 +130,31 @@ class MoEAuxLossCallback(FirstInLineCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         moe_model = unwrap_moe_model(model)
         # By name: a checkpoint loaded with trust_remote_code brings its own copy of the class. Every copy is hooked:
-        # PEFT's modules_to_save keeps the frozen original beside the trained copy, and only the copy runs.
-        adapters = [m for m in moe_model.modules() if type(m).__name__ == MoEAdapter.__name__]
-        if adapters and not self._hooks:
-            self._hooks = [adapter.register_forward_hook(self._record) for adapter in adapters]
-            self._device = adapters[0].router.weight.device
+        # PEFT's modules_to_save keeps the frozen original beside the trained copy, and only the copy runs. (The
+        # model's own output recording only reports inside its forward, which a callback never sees.)
+        routers = [m for m in moe_model.modules() if type(m).__name__ == MoEAudioRouter.__name__]
+        if routers and not self._hooks:
+            self._hooks = [router.register_forward_hook(self._record) for router in routers]
+            self._device = routers[0].weight.device
             self._low_share_streak = torch.zeros(moe_model.config.num_experts, dtype=torch.long)
         if self.schedule is None:
             self.schedule = AuxLossSchedule(coef=moe_model.config.router_aux_loss_coef)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         coef = self.schedule(state.global_step, state.max_steps)
-        unwrap_moe_model(model).config.router_aux_loss_coef = coef
+        unwrap_moe_model(model).router_aux_loss_coef = coef
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.bias_update_rate and self._adapter is not None and self._step_counts is not None:
+        if self.bias_update_rate and self._router is not None and self._step_counts is not None:
             load = _all_reduce_sum(self._step_counts)
-            self._adapter.router.update_selection_bias(load, self.bias_update_rate)
+            self._router.update_selection_bias(load, self.bias_update_rate)
         self._step_counts = None
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs is None or not self._hooks:
             return
         metrics = self._routing_metrics()
-        metrics["moe/aux_loss_coef"] = unwrap_moe_model(model).config.router_aux_loss_coef
+        metrics["moe/aux_loss_coef"] = unwrap_moe_model(model).router_aux_loss_coef
         self.publish(metrics, logs, state)
 
     def _routing_metrics(self) -> dict[str, float]:

@@ -111,6 +111,8 @@ def paper_training_arguments(output_dir: str | Path, **overrides) -> TrainingArg
 def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> Trainer:
     """The model set up for its stage, the data, and a `Trainer` with the aux-loss callback first in line."""
     model, processor = load_checkpoint(script_args.model)
+    if script_args.aux_loss_coef is not None:  # the configured lambda, which the saved config records
+        model.config.router_aux_loss_coef = model.router_aux_loss_coef = script_args.aux_loss_coef
     if script_args.bias_update_rate and not model.config.router_selection_bias:
         raise ValueError(
             "--bias_update_rate needs a model with router_selection_bias=True in its config (a selection bias to nudge)."
