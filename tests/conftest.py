@@ -7,7 +7,6 @@ takes a copy (`tiny_checkpoint_copy`); at the end of the session each shared che
 import hashlib
 import shutil
 
-
 import pytest
 
 from helpers import tiny_model
