@@ -402,6 +402,7 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             [`MoEAudioFeaturesOutput`]: `pooler_output` holds the audio embeddings, one row per real audio token;
             `router_logits` and `selected_experts` are `None` for the dense adapter.
         """
+        self._check_audio_inputs(input_features, input_features_mask)
         stack = self.config.frame_stacking_factor
         # The processor gives float32 features; a model loaded in bf16 or fp16 takes them in its own dtype.
         input_features = input_features.to(self.audio_tower.device, self.audio_tower.dtype)
@@ -454,6 +455,43 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
         """
         return MoEAudioAdapterOutput(last_hidden_state=self.adapter(audio_features))
 
+    def _check_audio_inputs(self, input_features, input_features_mask) -> None:
+        """What the processor makes, checked here, so that hand-built inputs fail with a message, not deep inside."""
+        expected = (self.config.audio_config.num_mel_bins, 2 * self.config.audio_config.max_source_positions)
+        if not isinstance(input_features, torch.Tensor) or not input_features.is_floating_point():
+            kind = input_features.dtype if isinstance(input_features, torch.Tensor) else type(input_features).__name__
+            raise TypeError(f"input_features must be a float tensor (got {kind}); build the inputs with the "
+                            "MoEAudioProcessor.")
+        if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
+            raise ValueError(
+                f"input_features has shape {tuple(input_features.shape)}; the audio encoder takes (windows, "
+                f"{expected[0]}, {expected[1]}): log-mel windows as the MoEAudioProcessor makes them."
+            )
+        if input_features_mask is not None and (
+            not isinstance(input_features_mask, torch.Tensor)
+            or tuple(input_features_mask.shape) != (input_features.shape[0], expected[1])
+        ):
+            shape = tuple(input_features_mask.shape) if isinstance(input_features_mask, torch.Tensor) else None
+            raise ValueError(f"input_features_mask has shape {shape}; it must be (windows, {expected[1]}), one row "
+                             "per window of input_features.")
+
+    def _check_text_inputs(self, input_ids, input_features, cache) -> None:
+        vocab_size = self.config.text_config.vocab_size
+        if torch.compiler.is_compiling() or input_ids is None:
+            return
+        outside = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+        if outside.numel():
+            raise ValueError(f"input_ids holds the id {int(outside[0])}, outside the vocabulary (0 to {vocab_size - 1}); "
+                             "encode the text with this model's tokenizer.")
+        first_pass = cache is None or cache.get_seq_length() == 0
+        if input_features is None and first_pass and self.config.audio_token_id is not None and bool(
+            (input_ids == self.config.audio_token_id).any()
+        ):
+            raise ValueError(
+                "input_ids holds audio placeholder tokens but no input_features were given, so the placeholders would "
+                "be read as text; pass the input_features (and input_features_mask) the processor made with them."
+            )
+
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, num_audio_embeds):
         """Where the audio embeddings go; checks that there is exactly one placeholder per audio embedding."""
         if self.config.audio_token_id is None:
@@ -472,8 +510,8 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
         if num_placeholders != num_audio_embeds:
             raise ValueError(
                 f"The text holds {num_placeholders} audio placeholder tokens but the audio gives {num_audio_embeds} "
-                "embeddings; build the inputs with the MoEAudioProcessor, which expands each audio placeholder to "
-                "the right count."
+                "embeddings; build the inputs with this model's MoEAudioProcessor, which expands each audio placeholder "
+                "to the right count (a processor with another frame_stacking_factor gives other counts)."
             )
         return placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
@@ -497,6 +535,7 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
+        self._check_text_inputs(input_ids, input_features, kwargs.get(CACHE_FIELD, kwargs.get(OTHER_CACHE_NAME)))
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 

@@ -612,3 +612,67 @@ def test_nested_values_of_two_types_are_named_not_an_arrow_traceback(tmp_path, w
     play(Row("nested types differ", manifest_of({**GOOD_ROW, "attributes": {"pitch": "high"}},
                                                 {**GOOD_ROW, "attributes": {"pitch": [1]}}),
              ValueError, "rows disagree on the type of a value inside a column"), tmp_path, wav)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model's inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from helpers import make_audio_batch, make_input_ids, tiny_model, tokens_for
+
+    model = tiny_model()
+    features, mask = make_audio_batch(model.config, [800, 3000])
+    input_ids, attention_mask = make_input_ids(model.config, tokens_for([800, 3000], model.config), [6, 4])
+    return model, {"input_ids": input_ids, "attention_mask": attention_mask, "input_features": features,
+                   "input_features_mask": mask}
+
+
+def forward(**changes):
+    def run(tiny):
+        model, inputs = tiny
+        inputs = {**inputs, **{key: value(inputs) if callable(value) else value for key, value in changes.items()}}
+        inputs = {key: value for key, value in inputs.items() if value is not None}
+        with torch.no_grad():
+            return model(**inputs, labels=inputs["input_ids"])
+    return run
+
+
+def last_token(inputs, token_id):
+    return torch.cat([inputs["input_ids"][:, :-1], torch.full_like(inputs["input_ids"][:, -1:], token_id)], 1)
+
+
+MODEL_ROWS = [
+    Row("well-formed inputs", forward(), check=lambda out: torch.isfinite(out.loss)),
+    Row("placeholders without input_features", forward(input_features=None, input_features_mask=None), ValueError,
+        "audio placeholder tokens but no input_features"),
+    Row("input_features as a list", forward(input_features=lambda i: i["input_features"].tolist()), TypeError,
+        "input_features must be a float tensor (got list)"),
+    Row("integer input_features", forward(input_features=lambda i: i["input_features"].long()), TypeError,
+        "must be a float tensor (got torch.int64)"),
+    Row("input_features without the window axis", forward(input_features=lambda i: i["input_features"][0]), ValueError,
+        "input_features has shape (80, 3000)"),
+    Row("input_features cut to 1500 frames", forward(input_features=lambda i: i["input_features"][..., :1500]),
+        ValueError, "the audio encoder takes (windows, 80, 3000)"),
+    Row("a mask of the wrong shape", forward(input_features_mask=lambda i: i["input_features_mask"][:, :100]),
+        ValueError, "input_features_mask has shape (2, 100)"),
+    Row("a mask for one window too few", forward(input_features_mask=lambda i: i["input_features_mask"][:1]),
+        ValueError, "one row per window"),
+    Row("a token id outside the vocabulary", forward(input_ids=lambda i: last_token(i, 10**6)), ValueError,
+        "holds the id 1000000, outside the vocabulary"),
+    Row("a negative token id", forward(input_ids=lambda i: last_token(i, -3)), ValueError, "holds the id -3"),
+    Row("one window too many for the placeholders", forward(
+        input_features=lambda i: torch.cat([i["input_features"], i["input_features"][:1]]),
+        input_features_mask=lambda i: torch.cat([i["input_features_mask"], i["input_features_mask"][:1]])),
+        ValueError, "frame_stacking_factor"),
+    Row("text only, no audio at all", forward(input_ids=lambda i: i["input_ids"].masked_fill(
+        i["input_ids"] == load_config("tiny").audio_token_id, 7), input_features=None, input_features_mask=None),
+        check=lambda out: out.aux_loss is None and torch.isfinite(out.loss)),
+]
+
+
+@cases(MODEL_ROWS)
+def test_model_inputs(row, tiny):
+    play(row, tiny)
