@@ -676,3 +676,106 @@ MODEL_ROWS = [
 @cases(MODEL_ROWS)
 def test_model_inputs(row, tiny):
     play(row, tiny)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark files, training arguments, upcycling
+# ----------------------------------------------------------------------------------------------------------------
+
+
+MMAU_ROW = {"id": "q1", "audio_id": "one-second.wav", "question": "What is it?", "choices": ["noise", "music"],
+            "answer": "noise", "task": "sound"}
+
+
+def benchmark_of(*rows, format="auto"):
+    def run(tmp_path, wav):
+        from modeling_moe_audio.evaluation import load_items
+
+        shutil.copy(wav, tmp_path / "one-second.wav")
+        path = tmp_path / "bench.jsonl"
+        path.write_text("\n".join(row if isinstance(row, str) else json.dumps(row) for row in rows) + "\n")
+        return load_items(path, format)
+    return run
+
+
+BENCHMARK_ROWS = [
+    Row("a good MMAU row", benchmark_of(MMAU_ROW), check=lambda items: items[0].answer_index == 0),
+    Row("MMAU answer not among the choices", benchmark_of({**MMAU_ROW, "answer": "speech"}), BadRowError_,
+        "line 1 (id q1): answer 'speech' is not among the choices"),
+    Row("MMAU with one choice", benchmark_of({**MMAU_ROW, "choices": ["noise"]}), BadRowError_, "at least 2"),
+    Row("MMAU without a question", benchmark_of({k: v for k, v in MMAU_ROW.items() if k != "question"}, format="mmau"),
+        BadRowError_, "missing MMAU field(s) ['question']"),
+    Row("MMAU audio climbing out with ..", benchmark_of({**MMAU_ROW, "audio_id": "../one-second.wav"}), BadRowError_,
+        "climbs out"),
+    Row("MMAU audio missing", benchmark_of({**MMAU_ROW, "audio_id": "gone.wav"}), BadRowError_, "does not exist"),
+    Row("VoiceBench reference that is no option", benchmark_of({"audio": "one-second.wav", "prompt": "Q? A. x B. y",
+        "reference": "Z"}, format="voicebench"), BadRowError_, "reference 'Z' is neither a letter"),
+    Row("a file of an unknown format", benchmark_of({"foo": 1}), ValueError, "Cannot tell the format"),
+    Row("an invalid JSON line", benchmark_of(MMAU_ROW, "{bad", format="mmau"), BadRowError_, "line 2: is not valid JSON"),
+]
+
+
+@cases(BENCHMARK_ROWS)
+def test_benchmark_files(row, tmp_path, wav):
+    play(row, tmp_path, wav)
+
+
+def training_run(*extra, manifest_rows=(GOOD_ROW,) * 2):
+    def run(tmp_path, checkpoint, wav):
+        from modeling_moe_audio.commands.train import build_parser
+        from modeling_moe_audio.training.trainer import build_trainer
+
+        shutil.copy(wav, tmp_path / "one-second.wav")
+        (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in manifest_rows) + "\n")
+        args = ["--model", str(checkpoint), "--train_data", str(tmp_path / "train.jsonl"), "--output_dir",
+                str(tmp_path / "run"), "--use_cpu", "--report_to", "none",
+                *(str(tmp_path / "train.jsonl") if arg == "TRAIN" else str(arg) for arg in extra)]
+        return build_trainer(*build_parser().parse_args_into_dataclasses(args=args))
+    return run
+
+
+def schedule(**kwargs):
+    from modeling_moe_audio.training.callbacks import AuxLossSchedule
+
+    return lambda *_: AuxLossSchedule(**kwargs)
+
+
+TRAINING_ROWS = [
+    Row("an unknown stage", training_run("--stage", "everything"), ValueError, "Unknown stage 'everything'"),
+    Row("bias balancing without a selection bias", training_run("--bias_update_rate", "0.01"), ValueError,
+        "needs a model with router_selection_bias=True"),
+    Row("--max_audio_seconds above the processor's limit", training_run("--max_audio_seconds", "1000"), ValueError,
+        "above the processor's own limit of 600"),
+    Row("bad evaluation rows are skipped too", training_run("--eval_data", "TRAIN", "--skip_bad_rows",
+        manifest_rows=(GOOD_ROW, GOOD_ROW, {**GOOD_ROW, "audio": "gone.wav"})),
+        check=lambda trainer: trainer.eval_dataset is not None and len(trainer.eval_dataset) == 2),
+    Row("a NaN aux-loss coefficient", schedule(coef=math.nan), ValueError, "aux-loss coefficients must be >= 0"),
+    Row("a negative decay target", schedule(coef=0.01, decay_to=-1.0), ValueError, "aux-loss coefficients"),
+    Row("negative warm-up steps", schedule(coef=0.01, warmup_steps=-2), ValueError, "warmup_steps=-2"),
+]
+
+
+@cases(TRAINING_ROWS)
+def test_training_arguments(row, tmp_path, saved_checkpoint, wav):
+    play(row, tmp_path, saved_checkpoint, wav)
+
+
+def upcycled(**kwargs):
+    def run(tmp_path, checkpoint):
+        from modeling_moe_audio.checkpoints.upcycle import upcycle
+
+        return upcycle(checkpoint, tmp_path / "up", **kwargs)
+    return run
+
+
+UPCYCLE_ROWS = [
+    Row("upcycling a model that is already MoE", upcycled(), ValueError, "starts from a dense-adapter model"),
+    Row("upcycling into a folder of the user's files", lambda tmp, ckpt: (folder_holding("mine.txt")(tmp),
+        __import__("modeling_moe_audio.checkpoints.upcycle", fromlist=["u"]).upcycle(ckpt, tmp / "out"))[1],
+        FileExistsError, "is not empty (mine.txt)"),
+]
+
+
+@cases(UPCYCLE_ROWS)
+def test_upcycling(row, tmp_path, saved_checkpoint):
+    play(row, tmp_path, saved_checkpoint)

@@ -6,6 +6,7 @@ callbacks, so each of ours is installed first in line (`install`).
 """
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,7 @@ class AuxLossSchedule:
     decay_to: float | None = None
 
     def __post_init__(self):
-        if self.coef < 0 or (self.decay_to is not None and self.decay_to < 0):
+        if not all(math.isfinite(value) and value >= 0 for value in (self.coef, self.decay_to or 0.0)):
             raise ValueError(f"aux-loss coefficients must be >= 0, got coef={self.coef}, decay_to={self.decay_to}.")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0.")
