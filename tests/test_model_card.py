@@ -4,7 +4,7 @@ import re
 
 from huggingface_hub import ModelCard
 
-from modeling_moe_audio.hub.model_card import write_model_card
+from modeling_moe_audio.checkpoints.model_card import write_model_card
 from modeling_moe_audio.checkpoints.parameters import count_parameters
 from modeling_moe_audio.presets import load_config
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtr
 
 # Through the package, which registers the classes: save_pretrained then copies the code files.
 from .. import MoEAudioConfig, MoEAudioForCausalLM, MoEAudioProcessor
-from ..hub.model_card import write_model_card
+from .model_card import write_model_card
 from ..output_dirs import check_output_dir
 from ..presets import load_config, shipped_tokenizer
 

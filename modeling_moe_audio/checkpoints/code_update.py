@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..hub.publish import CODE_BACKUP_PREFIX, CODE_FILES, PACKAGE_DIR
+from .files import CODE_BACKUP_PREFIX, CODE_FILES, PACKAGE_DIR
 
 
 # Largest |logit difference| accepted between the old and the updated code. The same weights through the same

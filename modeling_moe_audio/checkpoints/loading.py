@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..hub.publish import is_safetensors_file
+from .files import is_safetensors_file
 
 
 JSON_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json",
@@ -42,18 +42,9 @@ def check_checkpoint_folder(folder: Path) -> None:
     if not weights:
         raise FileNotFoundError(f"{folder} has no *.safetensors weights.")
     for path in weights:
-        if not is_safetensors_file(path) or not _complete(path):
+        if not is_safetensors_file(path):
             raise ValueError(f"{path} is corrupt or cut short: not a complete safetensors file. Restore it from where "
                              "you got the checkpoint.")
-
-
-def _complete(path: Path) -> bool:
-    """Whether the tensors the safetensors header lists all fit in the file (a truncated copy's do not)."""
-    with open(path, "rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        header = json.loads(file.read(length))
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    return 8 + length + max(ends, default=0) <= path.stat().st_size
 
 
 def resolve_source(source: str | os.PathLike) -> str:

@@ -19,7 +19,7 @@ import torch
 
 # Through the package, which registers the classes: save_pretrained then copies the code files.
 from .. import MoEAudioConfig, MoEAudioForCausalLM
-from ..hub.model_card import write_model_card
+from .model_card import write_model_card
 from .loading import load_checkpoint, load_processor, resolve_source
 from ..output_dirs import check_output_dir
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checkpoints.parameters import count_parameters
 from ..data.corpus import write_corpus
-from ..hub.model_card import write_model_card
+from ..checkpoints.model_card import write_model_card
 from ..output_dirs import finish_run, start_run
 from ..presets import load_config
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one

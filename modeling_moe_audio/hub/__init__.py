@@ -1,1 +1,1 @@
-"""The Hugging Face Hub: `publish` (what a model repository receives, in one commit) and `model_card`."""
+"""The Hugging Face Hub: `publish`, what a model repository receives, in one commit."""

@@ -8,21 +8,23 @@ moe-audio's: a folder whose code files differ from them is refused and pointed t
 """
 
 import fnmatch
-import json
 import re
-import struct
 from pathlib import Path, PurePosixPath
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
-from .model_card import build_model_card
+from ..checkpoints.files import (
+    CODE_BACKUP_PREFIX,
+    CODE_FILES,
+    SHARDED_WEIGHTS_INDEX,
+    WEIGHTS,
+    is_safetensors_file,
+    outdated_code_files,
+)
+from ..checkpoints.model_card import build_model_card
 
 
-CODE_FILES = ("configuration_moe_audio.py", "modeling_moe_audio.py", "processing_moe_audio.py")
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # where the installed, current copies of CODE_FILES live
 REQUIRED_FILES = ("config.json", *CODE_FILES)
-WEIGHTS = "model.safetensors"
-SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"
 # What a model repository holds, and nothing else: config, code, safetensors weights, processor and tokenizer files,
 # the card and the training summary (published without local paths).
 ALLOWED_FILES = (
@@ -37,34 +39,10 @@ ALLOWED_FILES = (
 # client keep.
 TRAINING_LEFTOVERS = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin", "trainer_state.json",
                       "all_results.json", "eval_results.json")
-CODE_BACKUP_PREFIX = "code-backup-"
 EXCLUDED_FOLDERS = ("checkpoint-*", ".saving-*", "runs", ".git", ".cache", f"{CODE_BACKUP_PREFIX}*")
 # An absolute local path inside a published text (a card, a training summary): published as its last part.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".gz", ".npy", ".npz")
 LOCAL_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)[^\s`'\"()<>]*/([^\s`'\"()<>/]+)")
-
-
-def outdated_code_files(folder: str | Path) -> list[str]:
-    """The code files in `folder` whose bytes differ from the installed package's (missing ones are not listed)."""
-    folder = Path(folder)
-    return [
-        name for name in CODE_FILES
-        if (folder / name).is_file() and (folder / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()
-    ]
-
-
-def is_safetensors_file(path: Path) -> bool:
-    """Whether `path` really is a safetensors file: an 8-byte header length, then that many bytes of a JSON object.
-    A pickle renamed `model.safetensors` is not."""
-    try:
-        with open(path, "rb") as file:
-            (length,) = struct.unpack("<Q", file.read(8))
-            if length > path.stat().st_size - 8:
-                return False
-            header = json.loads(file.read(length))
-    except (OSError, struct.error, ValueError):
-        return False
-    return isinstance(header, dict)
 
 
 def _is_left_out(relative: PurePosixPath) -> bool:

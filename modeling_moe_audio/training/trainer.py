@@ -20,7 +20,7 @@ from ..checkpoints.loading import load_checkpoint
 
 from ..data.collator import MoEAudioDataCollator
 from ..data.manifest import load_manifest, load_rows
-from ..hub.model_card import write_model_card
+from ..checkpoints.model_card import write_model_card
 from ..output_dirs import check_output_dir, resumes_run_in
 from .callbacks import AuxLossSchedule, GradientConflictCallback, MoEAuxLossCallback
 from .stages import STAGES, add_lora, apply_stage, count_trainable, steps_for

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..checkpoints.parameters import count_parameters
+from .parameters import count_parameters
 from ..configuration_moe_audio import MoEAudioConfig
 from ..presets import MODEL_CARD_TEMPLATE as TEMPLATE
 
