@@ -351,3 +351,15 @@ def test_what_is_not_a_moe_audio_checkpoint_is_refused(old_checkpoint, tmp_path,
     for folder in (empty, other, damaged, no_weights, adapter, snapshot):
         assert not backups(folder)
     assert (old_checkpoint / "modeling_moe_audio.py").read_bytes() == (OLD_CODE / "modeling_moe_audio.py").read_bytes()
+
+
+def test_the_hashes_of_0_2_0_are_those_of_its_code():
+    """0.2.0 (the last commit before the library layout) is told apart like 0.1.0: by the hashes of its files."""
+    released = subprocess.run(["git", "-C", str(PACKAGE.parent), "cat-file", "-e", "79a647d"], capture_output=True)
+    if released.returncode:
+        pytest.skip("not a git checkout with 0.2.0's commit")
+    for name, digest in RELEASED_CODE["0.2.0"].items():
+        code = subprocess.run(["git", "-C", str(PACKAGE.parent), "show", f"79a647d:modeling_moe_audio/{name}"],
+                              capture_output=True, check=True).stdout
+        assert hashlib.sha256(code).hexdigest() == digest
+    assert RELEASED_CODE["0.2.0"] != RELEASED_CODE["0.1.0"]

@@ -35,6 +35,11 @@ RELEASED_CODE = {
         "modeling_moe_audio.py": "18409a0cf50dfd072461ed8cdd235e8fe67afe98e311ae75a2881bc91222473f",
         "processing_moe_audio.py": "ba3be3ea064a7af1550f809bf88066f114f8e243b336fc2c89e10c3edc3ada2a",
     },
+    "0.2.0": {
+        "configuration_moe_audio.py": "1253888e227282775bcc7c7f83717fb218925477dac80af0e675b92173d0208a",
+        "modeling_moe_audio.py": "e85aa1ad653bcd25411bc83cad2d2f0af572d966aa8cdf01b48e84b7f51c1e43",
+        "processing_moe_audio.py": "d900408106245e42e221f887b87dccf7d3da3622a66b4d07e12585c6611f8901",
+    },
 }
 
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")

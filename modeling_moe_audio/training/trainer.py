@@ -226,9 +226,11 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
     if trainer.is_world_process_zero():
         (Path(training_args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2))
         if push_to_hub:
-            from ..hub.publish import publish
+            from ..hub.publish import checkpoint_files, publish
 
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            uploaded, left_out = checkpoint_files(training_args.output_dir)
+            print(f"uploading {len(uploaded)} files to {repo_id} ({len(left_out)} left out):", *uploaded, sep="\n  ")
             metrics["hub_commit"] = str(publish(training_args.output_dir, repo_id, token=training_args.hub_token,
                                                 private=bool(training_args.hub_private_repo)))
     trainer.accelerator.wait_for_everyone()  # no rank leaves while rank 0 still writes or pushes
