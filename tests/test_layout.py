@@ -54,3 +54,25 @@ def test_every_command_is_dispatched_and_has_help_for_every_option(capsys):
         assert parser.prog == f"moe-audio {name}"
         undocumented = [action.dest for action in parser._actions if not action.help]
         assert not undocumented, f"moe-audio {name}: options without help {undocumented}"
+
+
+def test_help_of_every_command_but_train_loads_neither_torch_nor_transformers():
+    """A command parses its arguments before it imports the library (train cannot: its options are
+    TrainingArguments')."""
+    import subprocess
+    import sys
+
+    from modeling_moe_audio.commands.main import COMMANDS as DISPATCHED
+
+    names = [name for name in DISPATCHED if name != "train"]
+    script = (
+        "import contextlib, io, sys\n"
+        "from modeling_moe_audio.commands.main import main\n"
+        f"for name in {names!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([name, '--help'])\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -25,9 +25,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..experiments.ablation import format_table, run_ablation
 
-    args = build_parser().parse_args(argv)
     results = run(run_ablation, args.output_dir, args.quick, args.seed, args.configs.split(",") if args.configs else None,
                   args.overwrite)
     print(format_table(results))

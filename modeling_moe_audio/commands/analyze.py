@@ -25,9 +25,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..analysis.report import analyze_checkpoint
 
-    args = build_parser().parse_args(argv)
     result = run(analyze_checkpoint, args.model, args.data, args.output_dir, eval_data=args.eval_data,
                  category_key=args.category_key, step_size=args.step_size, limit=args.limit,
                  batch_size=args.batch_size, overwrite=args.overwrite)

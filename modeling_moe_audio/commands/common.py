@@ -1,6 +1,7 @@
 """What every command shares: one parser style and one way of reporting the errors a user can fix.
 
-Not a command: the commands import it, and nothing else in this folder.
+Not a command: the commands import it, and nothing else in this folder. Each command parses its arguments before it
+imports the library, so that `--help` and argument errors come without loading torch.
 """
 
 import argparse

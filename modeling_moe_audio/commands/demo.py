@@ -21,9 +21,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..experiments.demo import ADAPTERS, format_table, run_demo
 
-    args = build_parser().parse_args(argv)
     start = time.perf_counter()
     summary = run(run_demo, args.output_dir, args.quick, args.seed, args.overwrite)
     print(format_table(summary["models"]))

@@ -38,6 +38,7 @@ def build_parser():
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from ..evaluation.reports import render_markdown
+
     from ..evaluation.scoring import run_evaluation  # torch, transformers: after --help
 
     output_dir = Path(args.output_dir) if args.output_dir else Path("eval") / Path(args.data).stem

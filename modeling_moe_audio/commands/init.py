@@ -25,9 +25,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..checkpoints.build import create_checkpoint
 
-    args = build_parser().parse_args(argv)
     print(run(create_checkpoint, args.output_dir, config=args.config, llm=args.llm, audio_encoder=args.audio_encoder,
               tokenizer=args.tokenizer, overwrite=args.overwrite, seed=args.seed))
 

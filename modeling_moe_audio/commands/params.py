@@ -14,10 +14,10 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..checkpoints.parameters import count_parameters
     from ..presets import load_config
 
-    args = build_parser().parse_args(argv)
     print(json.dumps(count_parameters(run(load_config, args.config)), indent=2))
 
 

@@ -15,9 +15,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..hub.publish import checkpoint_files, publish
 
-    args = build_parser().parse_args(argv)
     uploaded, left_out = run(checkpoint_files, args.folder)
     print(f"uploading {len(uploaded)} files to {args.repo_id}:", *uploaded, sep="\n  ")
     if left_out:

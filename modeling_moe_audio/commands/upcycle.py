@@ -21,9 +21,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..checkpoints.upcycle import upcycle
 
-    args = build_parser().parse_args(argv)
     run(upcycle, args.dense_checkpoint, args.output_dir, args.num_experts, args.top_k, args.shared, args.seed,
         args.overwrite)
     print(f"wrote the upcycled MoE model to {args.output_dir}")

@@ -11,9 +11,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ..checkpoints.code_update import update_checkpoint_code
 
-    args = build_parser().parse_args(argv)
     print(run(update_checkpoint_code, args.checkpoint))
 
 
