@@ -212,8 +212,9 @@ def _scheduler_name(scheduler) -> str:
 
 
 def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> dict:
-    check_output_dir(training_args.output_dir, script_args.overwrite,
-                     resuming=resumes_run_in(training_args.output_dir, training_args.resume_from_checkpoint))
+    if training_args.process_index == 0:  # one rank decides: another's check could see rank 0's first files
+        check_output_dir(training_args.output_dir, script_args.overwrite,
+                         resuming=resumes_run_in(training_args.output_dir, training_args.resume_from_checkpoint))
     # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(script_args, training_args)
