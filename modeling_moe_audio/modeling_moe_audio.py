@@ -476,15 +476,15 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
                              "per window of input_features.")
 
     def _check_text_inputs(self, input_ids, input_features, cache) -> None:
-        vocab_size = self.config.text_config.vocab_size
-        if torch.compiler.is_compiling() or input_ids is None:
+        """On the first pass only: later generation steps feed back tokens the model itself produced."""
+        if input_ids is None or torch.compiler.is_compiling() or (cache is not None and cache.get_seq_length() > 0):
             return
-        outside = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
-        if outside.numel():
-            raise ValueError(f"input_ids holds the id {int(outside[0])}, outside the vocabulary (0 to {vocab_size - 1}); "
-                             "encode the text with this model's tokenizer.")
-        first_pass = cache is None or cache.get_seq_length() == 0
-        if input_features is None and first_pass and self.config.audio_token_id is not None and bool(
+        vocab_size = self.config.text_config.vocab_size
+        outside = (input_ids < 0) | (input_ids >= vocab_size)
+        if bool(outside.any()):
+            raise ValueError(f"input_ids holds the id {int(input_ids[outside][0])}, outside the vocabulary (0 to "
+                             f"{vocab_size - 1}); encode the text with this model's tokenizer.")
+        if input_features is None and self.config.audio_token_id is not None and bool(
             (input_ids == self.config.audio_token_id).any()
         ):
             raise ValueError(
