@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = run(run_demo, args.output_dir, args.quick, args.seed, args.overwrite)
     print(format_table(summary["models"]))
     moe, dense = (summary["models"][name]["accuracy"]["overall"] for name in ADAPTERS)
-    verdict = "beats" if moe > dense else "does not beat"
-    print(f"\nThe MoE adapter {verdict} the dense adapter here ({moe:.3f} vs {dense:.3f} overall test accuracy).")
+    print(f"\nOverall test accuracy: MoE {moe:.3f}, dense {dense:.3f}. {summary['verdict']}")
     print(f"results: {args.output_dir}/results.json; total time {time.perf_counter() - start:.0f} s")
 
 

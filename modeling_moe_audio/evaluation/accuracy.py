@@ -98,13 +98,8 @@ def compute_accuracy(predictions: Sequence, references: Sequence, groups: dict[s
                           group_names=list(groups))
 
 
-def score_answers(rows: list[dict], answers: list[str], group_key: str = "category",
-                  metric: evaluate.EvaluationModule | None = None) -> dict[str, float]:
-    """Accuracy of one-word answers to corpus rows, overall and per `row[group_key]`, through the metric.
-
-    An answer is right when `first_word(answer) == first_word(reference_answer(row))`; an answer without a word
-    is unanswered. Returns {"overall": accuracy, <group>: accuracy, ...} (groups sorted).
-    """
+def _answer_labels(rows: list[dict], answers: list[str]) -> tuple[list[int], list[int]]:
+    """Predicted and reference labels of one-word answers: the same first word, the same label; no word, -1."""
     if len(rows) != len(answers):
         raise ValueError(f"{len(answers)} answers for {len(rows)} rows.")
     words = [first_word(reference_answer(row)) for row in rows]
@@ -113,5 +108,23 @@ def score_answers(rows: list[dict], answers: list[str], group_key: str = "catego
     labels = {}  # word -> label; a reference and an answer with the same word get the same label
     references = [labels.setdefault(word, len(labels)) for word in words]
     predictions = [labels.setdefault(word, len(labels)) if word else -1 for word in map(first_word, answers)]
+    return predictions, references
+
+
+def answer_hits(rows: list[dict], answers: list[str]) -> list[bool]:
+    """Per row, whether its one-word answer is right (as `score_answers` counts it): what pairs two models that
+    answered the same questions."""
+    predictions, references = _answer_labels(rows, answers)
+    return [prediction == reference for prediction, reference in zip(predictions, references)]
+
+
+def score_answers(rows: list[dict], answers: list[str], group_key: str = "category",
+                  metric: evaluate.EvaluationModule | None = None) -> dict[str, float]:
+    """Accuracy of one-word answers to corpus rows, overall and per `row[group_key]`, through the metric.
+
+    An answer is right when `first_word(answer) == first_word(reference_answer(row))`; an answer without a word
+    is unanswered. Returns {"overall": accuracy, <group>: accuracy, ...} (groups sorted).
+    """
+    predictions, references = _answer_labels(rows, answers)
     result = compute_accuracy(predictions, references, {group_key: [row[group_key] for row in rows]}, metric)
     return {"overall": result["accuracy"], **{name: r["accuracy"] for name, r in result[f"per_{group_key}"].items()}}

@@ -14,6 +14,7 @@ from ..data.corpus import write_corpus
 from ..checkpoints.model_card import write_model_card
 from ..output_dirs import finish_run, start_run
 from ..presets import load_config
+from .statistics import paired_difference, verdict
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
 
@@ -42,12 +43,12 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
     start_run(output, "demo", {"quick": quick, "seed": seed}, overwrite)
     budget = QUICK if quick else FULL
     manifests = write_corpus(output / "corpus", seed=seed, sizes=budget["sizes"], overwrite=True)
-    results = {}
+    results, hits = {}, {}
     for adapter_type in ADAPTERS:
         config = load_config(PRESET, adapter_type=adapter_type)
         train_seconds = train_one(adapter_type, config, output, manifests, budget, seed)
         params = count_parameters(config)
-        accuracy = evaluate_one(output / adapter_type, manifests["test"])
+        accuracy, hits[adapter_type] = evaluate_one(output / adapter_type, manifests["test"])
         trained = json.loads((output / adapter_type / "train_results.json").read_text())
         write_model_card(output / adapter_type, training_summary=trained["summary"],
                          eval_results={f"accuracy_{k}": v for k, v in accuracy.items()})
@@ -59,7 +60,10 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
             "adapter_params_active": params["adapter_active_params"],
             "train_seconds": round(train_seconds, 1),
         }
-    summary = {"quick": quick, "seed": seed, "budget": budget, "models": results}
+    # Both models answered the same questions: the per-question difference bounds this run's test sampling noise.
+    difference = paired_difference([float(h) for h in hits["moe"]], [float(h) for h in hits["dense"]])
+    summary = {"quick": quick, "seed": seed, "budget": budget, "models": results, "moe_minus_dense": difference,
+               "verdict": verdict("MoE", "dense", difference, "overall test accuracy", "questions")}
     (output / "results.json").write_text(json.dumps(summary, indent=2))
     finish_run(output)
     return summary

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..checkpoints.build import init_checkpoint
 from ..checkpoints.loading import load_checkpoint
 from ..data.manifest import load_rows
-from ..evaluation.accuracy import score_answers
+from ..evaluation.accuracy import answer_hits, score_answers
 from ..evaluation.generation import generate_answers
 from ..presets import shipped_tokenizer
 from ..training.trainer import MoEAudioTrainArguments, paper_training_arguments, train
@@ -55,8 +55,10 @@ def train_one(name: str, config, output: Path, manifests: dict, budget: dict, se
     return time.perf_counter() - start
 
 
-def evaluate_one(checkpoint: Path, test_manifest: Path) -> dict:
-    """Test accuracy overall and per category of greedy one-word answers."""
+def evaluate_one(checkpoint: Path, test_manifest: Path) -> tuple[dict, list[bool]]:
+    """Test accuracy overall and per category of greedy one-word answers, and whether each answer was right (in
+    the manifest's order, so two models' answers to the same questions pair up)."""
     model, processor = load_checkpoint(checkpoint)
     rows = load_rows(test_manifest)
-    return score_answers(rows, generate_answers(model, processor, rows), group_key="category")
+    answers = generate_answers(model, processor, rows)
+    return score_answers(rows, answers, group_key="category"), answer_hits(rows, answers)
