@@ -326,3 +326,37 @@ def test_split_rows_halves_each_category_without_overlap(corpus):
         assert sorted(r["category"] for r in rows) == sorted(["speech", "music", "sound"] * 4)
     with pytest.raises(ValueError, match="has no 'category'"):
         measuring.group_by_category([{"conversation": [], "audio": []}])
+
+
+def test_one_outlier_does_not_wash_out_the_other_cells(tmp_path):
+    from modeling_moe_audio.analysis.figures import draw_matrix, plot_matrix
+
+    matrix = [[1.0, 0.137, -0.024], [-0.181, 1.0, 0.5], [-72.0, 0.208, 1.0]]
+    figure = draw_matrix(["speech", "music", "sound"], matrix, "Gradient influence (tiny-moe, moe adapter)")
+    image = figure.axes[0].images[0]
+    # The scale stays at [-1, 1]: 0.5 keeps a strong colour, and -72 takes the end colour with an arrow on the bar.
+    assert (image.norm.vmin, image.norm.vmax) == (-1.0, 1.0)
+    assert image.norm(0.5) == pytest.approx(0.75)
+    assert image.colorbar.extend == "min"
+    assert "-72.000" in [text.get_text() for text in figure.axes[0].texts]
+    assert draw_matrix(["a", "b"], [[1.0, 0.2], [0.3, 1.0]], "t").axes[0].images[0].colorbar.extend == "neither"
+    # Labels are kept whole: the saved picture holds the y label's full extent.
+    path = plot_matrix(["speech", "music", "sound"], matrix, tmp_path / "m.png", "t", ylabel="i (category measured)")
+    assert read_png(path).shape[1] > 400
+
+
+def test_figures_name_the_model(checkpoints, corpus, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    model, processor = load(checkpoints, "dense")
+    train, test = corpus
+    titles = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record_title_and_save(figure, *args, **kwargs):
+        titles.append(figure.axes[0].get_title())
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record_title_and_save)
+    report.run_analysis(model, processor, train, tmp_path, eval_rows=test, batch_size=8, model_name="my-dense")
+    assert len(titles) == 2 and all("my-dense, dense adapter" in title for title in titles)

@@ -22,7 +22,8 @@ def new_figure(width: float, height: float):
 
 def save_png(figure, path) -> Path:
     path = Path(path)
-    figure.savefig(path, format="png", dpi=120)
+    # "tight": the saved area grows to hold every label, so a long axis label is never cut at the edge.
+    figure.savefig(path, format="png", dpi=120, bbox_inches="tight", pad_inches=0.08)
     return path
 
 
@@ -62,13 +63,24 @@ def plot_heatmap(rates, path, title: str = "Expert activation rate per audio tok
     return save_png(figure, path)
 
 
-def plot_matrix(
-    categories, matrix, path, title: str, xlabel: str = "category j", ylabel: str = "category i"
-) -> Path:
-    """Figures 4 and 5: a category-by-category matrix on a diverging scale centred at 0 (NaN cells left blank)."""
+def plot_matrix(categories, matrix, path, title: str, **labels) -> Path:
+    """Figures 4 and 5 as a PNG at `path`: `draw_matrix` saved."""
+    return save_png(draw_matrix(categories, matrix, title, **labels), path)
+
+
+def draw_matrix(categories, matrix, title: str, xlabel: str = "category j", ylabel: str = "category i",
+                limit: float = 1.0):
+    """A category-by-category matrix on a diverging scale from -limit to +limit (NaN cells blank); the figure.
+
+    The scale is fixed (cosines lie in [-1, 1], and influences are normalised so that I[i][i] = 1), so figures of
+    different models and seeds share their colours, and one outlier cannot wash out the rest: a value beyond the
+    scale takes the end colour, the colour bar gets an arrow, and the cell still prints its value.
+    """
     values = torch.as_tensor(matrix, dtype=torch.float64)
     finite = values[torch.isfinite(values)]
-    limit = float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else 1.0
+    beyond_low = bool(finite.numel() and float(finite.min()) < -limit)
+    beyond_high = bool(finite.numel() and float(finite.max()) > limit)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}
     figure = new_figure(1.8 + 0.9 * len(categories), 1.2 + 0.8 * len(categories))
     axes = figure.add_subplot()
     image = axes.imshow(values.numpy(), cmap="RdBu", vmin=-limit, vmax=limit)
@@ -78,5 +90,5 @@ def plot_matrix(
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
     _annotate(axes, image, values.tolist(), ".3f")
-    figure.colorbar(image, ax=axes)
-    return save_png(figure, path)
+    figure.colorbar(image, ax=axes, extend=extend[beyond_low, beyond_high])
+    return figure

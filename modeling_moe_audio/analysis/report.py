@@ -27,8 +27,11 @@ def run_analysis(
     parameters="adapter",
     category_key: str = "category",
     batch_size: int = 16,
+    model_name: str | None = None,
 ) -> dict:
     """All of section 5 that applies to the model; writes `analysis.json` and the PNGs into `out_dir`.
+
+    `model_name` (e.g. the checkpoint's name) goes into every figure's title, with the adapter type.
 
     The expert heatmap (Figure 3, MoE only) uses all `rows`. With `eval_rows`, the gradients come from all `rows`
     and eq. 12's losses from `eval_rows`; without, `split_rows` halves `rows` within each category (gradients from
@@ -41,9 +44,13 @@ def run_analysis(
     rows = list(rows)
     gradient_rows, eval_rows = split_rows(rows, category_key) if eval_rows is None else (rows, list(eval_rows))
     files = {}
+    adapter_type = getattr(model.config, "adapter_type", None)
+    named = f"{model_name}, {adapter_type} adapter" if model_name else f"{adapter_type} adapter"
     if getattr(model.config, "adapter_type", None) == "moe" and hasattr(audio_adapter(model), "router"):
         activation = expert_activation(model, processor, rows, category_key, batch_size)
-        files["expert_heatmap"] = plot_heatmap(activation, out_dir / "expert_heatmap.png").name
+        files["expert_heatmap"] = plot_heatmap(
+            activation, out_dir / "expert_heatmap.png", f"Expert activation rate per audio token ({named})"
+        ).name
     else:
         activation = {"skipped": NO_EXPERTS_MESSAGE.format(adapter_type=getattr(model.config, "adapter_type", None))}
 
@@ -54,10 +61,10 @@ def run_analysis(
         model, processor, gradient_rows, eval_rows, step_size, params, category_key, batch_size, gradients=gradients
     )
     files["gradient_cosine"] = plot_matrix(
-        categories, cosine, out_dir / "gradient_cosine.png", "Gradient cosine similarity (eq. 11)"
+        categories, cosine, out_dir / "gradient_cosine.png", f"Gradient cosine similarity, eq. 11 ({named})"
     ).name
     files["gradient_influence"] = plot_matrix(
-        categories, influence, out_dir / "gradient_influence.png", "Gradient influence (eq. 12)",
+        categories, influence, out_dir / "gradient_influence.png", f"Gradient influence, eq. 12 ({named})",
         xlabel="j (category stepped on)", ylabel="i (category measured)",
     ).name
 
@@ -107,4 +114,4 @@ def analyze_checkpoint(
                          "so every row needs one (or pass --category_key).")
     eval_rows = load_rows(eval_data, limit) if eval_data else None
     return run_analysis(model, processor, rows, output_dir, eval_rows=eval_rows, step_size=step_size,
-                        category_key=category_key, batch_size=batch_size)
+                        category_key=category_key, batch_size=batch_size, model_name=Path(str(checkpoint)).name)
