@@ -9,7 +9,7 @@ the same command again after an interruption and it finishes the rest. Writes `O
 """
 
 from ..presets import ABLATIONS
-from .common import add_seed, command_parser, run
+from .common import add_no_progress, add_seed, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -18,6 +18,7 @@ def build_parser():
                         help="folder to write the corpus, checkpoints and tables to; an unfinished run there is resumed")
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and budget")
     add_seed(parser, "the corpus, the initialisation and the data order")
+    add_no_progress(parser)
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(ABLATIONS)} (default: all)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start again in an --output_dir that holds other files or another run")
@@ -26,6 +27,7 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..experiments.ablation import format_table, run_ablation
 
     results = run(run_ablation, args.output_dir, args.quick, args.seed, args.configs.split(",") if args.configs else None,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import progress_bar
+
 
 SAMPLE_RATE = 16_000
 CATEGORIES = ("speech", "music", "sound")
@@ -488,14 +490,19 @@ def generate_split(split: str, num_examples: int, seed: int = 0) -> list[CorpusE
     planner = ClipPlanner(np.random.default_rng(_split_seed(seed, split, 0)))
     examples: list[CorpusExample] = []
     index = 0
-    while len(examples) < num_examples:
-        category, attributes = planner.next_clip()
-        audio = render_clip(category, attributes, np.random.default_rng(_split_seed(seed, split, 1, index)))
-        clip_id = f"{split}-{index:05d}"
-        answers = [(CATEGORY_TASK, category)] + [(task, attributes[task.name]) for task in ATTRIBUTE_TASKS[category]]
-        for task, answer in answers[: num_examples - len(examples)]:
-            examples.append(CorpusExample(clip_id, category, dict(attributes), task.question, answer, task.name, audio))
-        index += 1
+    with progress_bar(total=num_examples, desc=f"{split} corpus", unit="example") as bar:
+        while len(examples) < num_examples:
+            category, attributes = planner.next_clip()
+            audio = render_clip(category, attributes, np.random.default_rng(_split_seed(seed, split, 1, index)))
+            clip_id = f"{split}-{index:05d}"
+            answers = [(CATEGORY_TASK, category)]
+            answers += [(task, attributes[task.name]) for task in ATTRIBUTE_TASKS[category]]
+            for task, answer in answers[: num_examples - len(examples)]:
+                examples.append(
+                    CorpusExample(clip_id, category, dict(attributes), task.question, answer, task.name, audio)
+                )
+                bar.update()
+            index += 1
     return examples
 
 

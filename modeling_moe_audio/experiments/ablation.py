@@ -17,6 +17,7 @@ from ..data.corpus import write_corpus
 from ..data.manifest import load_rows
 from ..output_dirs import finish_run, start_run
 from ..presets import ABLATIONS, ablation_config
+from ..progress import announce
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
 
@@ -32,14 +33,17 @@ def load_balance(checkpoint: Path, rows: list[dict]) -> dict:
 def run_one(name: str, output: Path, manifests: dict, budget: dict, seed: int, resuming: bool = False) -> dict:
     result_path = output / name / "result.json"
     if resuming and result_path.is_file():
+        announce(f"{name}: already done ({result_path})")
         return json.loads(result_path.read_text())
     config = ablation_config(name, base=PRESET)
     seconds = train_one(name, config, output, manifests, budget, seed)
     rows = load_rows(manifests["test"])
     counts = count_parameters(config)
+    accuracy = evaluate_one(output / name, manifests["test"])
+    announce(f"{name}: measuring the expert load on the test questions")
     result = {
         "config": name,
-        "accuracy": evaluate_one(output / name, manifests["test"]),
+        "accuracy": accuracy,
         "balance": load_balance(output / name, rows),
         "adapter_params_total": counts["adapter_total_params"],
         "adapter_params_active": counts["adapter_active_params"],
@@ -78,8 +82,12 @@ def run_ablation(output="runs/ablate", quick=False, seed=0, configs=None, overwr
     if resuming and (corpus / "test.jsonl").is_file():  # the same corpus
         manifests = {split: corpus / f"{split}.jsonl" for split in ("train", "validation", "test")}
     else:
+        announce(f"writing the corpus to {corpus}")
         manifests = write_corpus(corpus, seed=seed, sizes=budget["sizes"], overwrite=True)
-    results = [run_one(name, output, manifests, budget, seed, resuming) for name in names]
+    results = []
+    for number, name in enumerate(names, 1):
+        announce(f"configuration {number} of {len(names)}: {name}")
+        results.append(run_one(name, output, manifests, budget, seed, resuming))
     (output / "ablation.json").write_text(json.dumps({"quick": quick, "seed": seed, "results": results}, indent=2))
     (output / "ablation.md").write_text(format_table(results) + "\n")
     finish_run(output)
