@@ -93,6 +93,8 @@ def test_writing_the_corpus_counts_the_examples_of_each_split(tmp_path, capsys):
     shown = capsys.readouterr().err
     for split, size in (("train", 6), ("validation", 2), ("test", 3)):
         assert f"{split} corpus: 100%" in shown and f"{size}/{size}" in shown
+    write_corpus(tmp_path / "quiet", seed=1, sizes={"train": 6, "validation": 2, "test": 3}, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_no_progress_quiets_a_command(tiny_checkpoint, corpus, tmp_path, capsys, progress_restored):

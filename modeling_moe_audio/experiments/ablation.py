@@ -17,7 +17,7 @@ from ..data.corpus import write_corpus
 from ..data.manifest import load_rows
 from ..output_dirs import finish_run, start_run
 from ..presets import ABLATIONS, ablation_config
-from ..progress import announce
+from ..progress import announce, progress_enabled
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
 
@@ -83,7 +83,8 @@ def run_ablation(output="runs/ablate", quick=False, seed=0, configs=None, overwr
         manifests = {split: corpus / f"{split}.jsonl" for split in ("train", "validation", "test")}
     else:
         announce(f"writing the corpus to {corpus}")
-        manifests = write_corpus(corpus, seed=seed, sizes=budget["sizes"], overwrite=True)
+        manifests = write_corpus(corpus, seed=seed, sizes=budget["sizes"], overwrite=True,
+                                 progress=progress_enabled())
     results = []
     for number, name in enumerate(names, 1):
         announce(f"configuration {number} of {len(names)}: {name}")
