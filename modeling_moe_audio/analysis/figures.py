@@ -98,10 +98,11 @@ def loss_curve_figure(log_history: list[dict], title: str, no_aux_reason: str | 
     aux_steps, aux_values = series("moe/aux_loss")
     # The model's training loss adds lambda * aux loss to the next-token loss; its evaluation loss does too.
     with_aux = " (+ λ·aux)" if aux_steps else ""
-    for key, label, style in (("loss", f"train loss{with_aux}", "-"), ("eval_loss", f"eval loss{with_aux}", "o-")):
+    curves = (("loss", f"train loss{with_aux}", "-", "tab:blue"), ("eval_loss", f"eval loss{with_aux}", "o-", "tab:orange"))
+    for key, label, style, color in curves:
         steps, values = series(key)
         if steps:
-            losses.plot(steps, values, style, label=label, markersize=4)
+            losses.plot(steps, values, style, label=label, color=color, markersize=4)
     losses.set_xlabel("optimizer step")
     losses.set_ylabel("loss")
     losses.xaxis.set_major_locator(MaxNLocator(integer=True))
