@@ -319,6 +319,8 @@ def test_demo_quick_end_to_end(tmp_path):
         assert model["params_total"] > 0 and model["train_seconds"] > 0
         assert (output / name / "model.safetensors").is_file() and (output / name / "processor_config.json").is_file()
         assert list((output / name / "runs").rglob("events.out.tfevents.*"))
+        assert (output / name / "runs" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+        assert f"{name}: answering the test questions: 100%" in result.stderr
     assert summary["models"]["moe"]["params_active"] < summary["models"]["moe"]["params_total"]
     assert summary["models"]["dense"]["params_active"] == summary["models"]["dense"]["params_total"]
     # One seed never names a winner (a smoke test at near-chance accuracy once printed "beats").

@@ -92,3 +92,47 @@ def draw_matrix(categories, matrix, title: str, xlabel: str = "category j", ylab
     _annotate(axes, image, values.tolist(), ".3f")
     figure.colorbar(image, ax=axes, extend=extend[beyond_low, beyond_high])
     return figure
+
+
+def loss_curve_figure(log_history: list[dict], title: str, no_aux_reason: str | None = None):
+    """Training and evaluation loss against the step (left) and the load-balancing loss `moe/aux_loss` of eq. 10
+    (right, its own axis: it sits near top_k, far above the language-model loss). `log_history` is the Trainer's
+    `state.log_history`. Where no aux loss was logged the right panel says why (`no_aux_reason`, e.g. a dense
+    adapter) instead of drawing an empty axis."""
+    from matplotlib.ticker import MaxNLocator  # matplotlib is optional: `new_figure` explains how to get it
+
+    def series(key):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+        return [step for step, _ in points], [value for _, value in points]
+
+    figure = new_figure(10.0, 3.8)
+    losses, aux = figure.subplots(1, 2)
+    aux_steps, aux_values = series("moe/aux_loss")
+    # The model's training loss adds lambda * aux loss to the next-token loss; its evaluation loss does too.
+    with_aux = " (+ λ·aux)" if aux_steps else ""
+    curves = (("loss", f"train loss{with_aux}", "-", "tab:blue"), ("eval_loss", f"eval loss{with_aux}", "o-", "tab:orange"))
+    for key, label, style, color in curves:
+        steps, values = series(key)
+        if steps:
+            losses.plot(steps, values, style, label=label, color=color, markersize=4)
+    losses.set_xlabel("optimizer step")
+    losses.set_ylabel("loss")
+    losses.xaxis.set_major_locator(MaxNLocator(integer=True))
+    losses.set_title("Language-model loss", fontsize=10)
+    if losses.get_lines():
+        losses.legend(fontsize=8)
+    else:
+        losses.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=losses.transAxes)
+    aux.set_title("Load-balancing loss (eq. 10)", fontsize=10)
+    if aux_steps:
+        aux.plot(aux_steps, aux_values, "-", color="tab:green", label="moe/aux_loss")
+        aux.set_xlabel("optimizer step")
+        aux.xaxis.set_major_locator(MaxNLocator(integer=True))
+        aux.set_ylabel("aux loss (top_k when balanced)")
+    else:
+        aux.text(0.5, 0.5, no_aux_reason or "no aux loss logged yet", ha="center", va="center", wrap=True,
+                 transform=aux.transAxes)
+        aux.set_xticks([])
+        aux.set_yticks([])
+    figure.suptitle(title, fontsize=11)
+    return figure

@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from ..data.collator import MoEAudioDataCollator
+from ..progress import progress_bar
 from .measuring import (
     analysed_parameters,
     batches,
@@ -45,11 +46,13 @@ def category_gradients(
     collator = MoEAudioDataCollator(processor)
     accumulate_dtype = torch.promote_types(params[0].dtype, torch.float32)
     gradients = {}
-    with measuring(model, trainable=params):
-        for category, members in group_by_category(list(rows), category_key).items():
+    rows = list(rows)
+    with measuring(model, trainable=params), progress_bar(total=len(rows), desc="gradients", unit="row") as bar:
+        for category, members in group_by_category(rows, category_key).items():
             total = torch.zeros(sum(p.numel() for p in params), dtype=accumulate_dtype, device=params[0].device)
             num_tokens = 0
             for batch_rows in batches(members, batch_size):
+                bar.update(len(batch_rows))
                 loss_sum, batch_tokens = next_token_loss_sum(model, collate_on_device(model, collator, batch_rows))
                 if batch_tokens == 0:
                     continue
@@ -161,10 +164,12 @@ def gradient_influence(
     originals = [parameter.detach().clone() for parameter in params]
     matrix = torch.full((len(categories), len(categories)), math.nan, dtype=torch.float64)
     try:
-        with measuring(model), torch.no_grad():
+        bar = progress_bar(total=sum(map(len, eval_groups.values())), desc="influence", unit="row")
+        with measuring(model), torch.no_grad(), bar:
             for i, category in enumerate(categories):
                 ratios, degenerate, negative = [], 0, 0
                 for batch_rows in batches(eval_groups[category], batch_size):
+                    bar.update(len(batch_rows))
                     batch = collate_on_device(model, collator, batch_rows)
                     base = _mean_loss(model, batch)
                     deltas = []

@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..data.collator import MoEAudioDataCollator
+from ..progress import progress_bar
 from ..unwrap import audio_adapter
 from .measuring import batches, collate_on_device, group_by_category, measuring
 
@@ -60,8 +61,9 @@ def expert_activation(model, processor, rows, category_key: str = "category", ba
     counts = {category: torch.zeros(num_experts, dtype=torch.long) for category in categories}
     tokens = dict.fromkeys(categories, 0)
     collator = MoEAudioDataCollator(processor)
-    with measuring(model), torch.no_grad():
+    with measuring(model), torch.no_grad(), progress_bar(total=len(rows), desc="expert routing", unit="row") as bar:
         for batch_rows in batches(rows, batch_size):
+            bar.update(len(batch_rows))
             batch = collate_on_device(model, collator, batch_rows)
             batch.pop("labels", None)
             selected = model(**batch, output_router_logits=True, use_cache=False, logits_to_keep=1).selected_experts

@@ -10,6 +10,7 @@ from .. import MoEAudioConfig, MoEAudioForCausalLM, MoEAudioProcessor
 from .model_card import write_model_card
 from ..output_dirs import check_output_dir
 from ..presets import load_config, shipped_tokenizer
+from ..progress import announce
 
 
 def new_processor(config: MoEAudioConfig, tokenizer) -> MoEAudioProcessor:
@@ -80,7 +81,9 @@ def init_from_pretrained(
     """
     output = Path(output)
     check_output_dir(output, overwrite)
+    announce(f"loading the language model {llm}")
     language_model = AutoModelForCausalLM.from_pretrained(llm)
+    announce(f"loading the Whisper encoder of {audio_encoder}")
     whisper = WhisperModel.from_pretrained(audio_encoder)
     processor = MoEAudioProcessor(
         WhisperFeatureExtractor.from_pretrained(audio_encoder),
@@ -98,6 +101,7 @@ def init_from_pretrained(
     if config.text_config.vocab_size > language_model.get_input_embeddings().num_embeddings:
         language_model.resize_token_embeddings(config.text_config.vocab_size)
 
+    announce(f"building the model with a fresh {config.adapter_type} adapter")
     torch.manual_seed(seed)
     model = MoEAudioForCausalLM(config)
     model.model.language_model.load_state_dict(language_model.get_decoder().state_dict())
@@ -105,6 +109,7 @@ def init_from_pretrained(
         model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
     model.model.audio_tower.load_state_dict(whisper.get_encoder().state_dict())
     model.to(language_model.dtype)
+    announce(f"saving the checkpoint to {output}")
     model.save_pretrained(output)
     processor.save_pretrained(output)
     write_model_card(output, base_models=_hub_ids(llm, audio_encoder))

@@ -10,7 +10,7 @@ the same command again after an interruption and it finishes the rest. Writes `O
 """
 
 from ..presets import ABLATIONS
-from .common import command_parser, run
+from .common import add_no_progress, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -20,6 +20,7 @@ def build_parser():
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and budget")
     parser.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0],
                         help="seeds of the initialisation and the data order (the first also makes the corpus)")
+    add_no_progress(parser)
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(ABLATIONS)} (default: all)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start again in an --output_dir that holds other files or another run")
@@ -28,6 +29,7 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..experiments.ablation import format_table, run_ablation
 
     summary = run(run_ablation, args.output_dir, args.quick, args.seeds,

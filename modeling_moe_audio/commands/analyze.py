@@ -8,7 +8,7 @@ DATA is split in half per category.
 
 import json
 
-from .common import add_output_dir, command_parser, run
+from .common import add_no_progress, add_output_dir, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -21,11 +21,13 @@ def build_parser():
     parser.add_argument("--step_size", type=float, default=1e-2, help="lambda of eq. 12's normalised step")
     parser.add_argument("--limit", type=int, help="use only the first N rows of each manifest")
     parser.add_argument("--batch_size", type=int, default=16, help="rows per forward and backward pass")
+    add_no_progress(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..analysis.report import analyze_checkpoint
 
     result = run(analyze_checkpoint, args.model, args.data, args.output_dir, eval_data=args.eval_data,

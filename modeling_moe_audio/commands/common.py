@@ -73,6 +73,19 @@ def add_seed(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help=f"seed of {what}")
 
 
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no_progress", action="store_true",
+                        help="no progress bars or phase messages on stderr (as TQDM_DISABLE=1 does)")
+
+
+def quiet_if_asked(args: argparse.Namespace) -> None:
+    """With `--no_progress`: no bars (this package's, transformers' and the Hub's) and no phase messages."""
+    if getattr(args, "no_progress", False):
+        from ..progress import disable_progress
+
+        disable_progress()
+
+
 _debug = False
 
 

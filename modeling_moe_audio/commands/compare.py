@@ -11,7 +11,7 @@ zero. Resumable: run the same command again after an interruption and it finishe
 `OUTPUT/<configuration>/seed-<seed>`.
 """
 
-from .common import command_parser, run
+from .common import add_no_progress, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -27,11 +27,13 @@ def build_parser():
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and budget (a smoke test)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start again in an --output_dir that holds other files or another run")
+    add_no_progress(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..experiments.comparison import compare
 
     summary = run(compare, args.output_dir, args.configs.split(","), args.seeds, args.baseline, args.corpus_seed,

@@ -9,7 +9,7 @@ checkpoints (`OUTPUT/moe`, `OUTPUT/dense`, loadable with `trust_remote_code=True
 
 import time
 
-from .common import add_output_dir, add_seed, command_parser, run
+from .common import add_no_progress, add_output_dir, add_seed, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -17,11 +17,13 @@ def build_parser():
     add_output_dir(parser, "the corpus, checkpoints and results", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="a smaller corpus and budget (a smoke test)")
     add_seed(parser, "the corpus, the initialisation and the data order")
+    add_no_progress(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..experiments.demo import ADAPTERS, format_table, run_demo
 
     start = time.perf_counter()

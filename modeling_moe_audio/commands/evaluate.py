@@ -8,7 +8,7 @@ audio, without audio, and reports the modality gap. The file formats: `modeling_
 from pathlib import Path
 
 from ..evaluation.prompts import PROMPT_STYLES
-from .common import command_parser, run
+from .common import command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -30,13 +30,15 @@ def build_parser():
     parser.add_argument("--device", help="torch device; none given: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="model dtype; auto: the checkpoint's")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", action="store_true",
+                        help="no progress bars on stderr (as TQDM_DISABLE=1 does)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..evaluation.reports import render_markdown
 
     from ..evaluation.scoring import run_evaluation  # torch, transformers: after --help

@@ -8,7 +8,7 @@ the Whisper encoder are loaded from those checkpoints and only the frontend and 
 """
 
 from ..presets import available_presets
-from .common import add_output_dir, add_seed, command_parser, run
+from .common import add_no_progress, add_output_dir, add_seed, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -21,11 +21,13 @@ def build_parser():
     add_output_dir(parser, "the checkpoint")
     parser.add_argument("--tokenizer", help="tokenizer folder for the processor (default: the preset's own, if any)")
     add_seed(parser, "the random initialisation")
+    add_no_progress(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_if_asked(args)
     from ..checkpoints.build import create_checkpoint
 
     print(run(create_checkpoint, args.output_dir, config=args.config, llm=args.llm, audio_encoder=args.audio_encoder,

@@ -4,8 +4,8 @@ Training and testing the audio path end to end needs audio whose answers can onl
 synthesised from a seed (speech-like vowels, melodies, environmental sounds), and each question text is asked of
 many clips with different answers, so a model that ignores the audio scores at chance.
 
-Only numpy (and soundfile, to write WAVs) is used; this module imports neither torch nor transformers, so the corpus
-can be built in a data-preparation step or a worker without the model stack.
+Only numpy (soundfile to write WAVs, tqdm for the progress bar) is used; this module imports neither torch nor
+transformers, so the corpus can be built in a data-preparation step or a worker without the model stack.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 
 SAMPLE_RATE = 16_000
@@ -475,8 +476,9 @@ def _check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer number of examples, got {value!r}.")
 
 
-def generate_split(split: str, num_examples: int, seed: int = 0) -> list[CorpusExample]:
+def generate_split(split: str, num_examples: int, seed: int = 0, progress: bool = True) -> list[CorpusExample]:
     """`num_examples` examples of one split; each clip is asked its category and every attribute of its category.
+    A tqdm bar on stderr counts them (`progress=False`, or `TQDM_DISABLE=1`, turns it off).
 
     All questions about a clip stay in its split; the last clip may be asked only some of them when `num_examples`
     does not come out even.
@@ -488,14 +490,21 @@ def generate_split(split: str, num_examples: int, seed: int = 0) -> list[CorpusE
     planner = ClipPlanner(np.random.default_rng(_split_seed(seed, split, 0)))
     examples: list[CorpusExample] = []
     index = 0
-    while len(examples) < num_examples:
-        category, attributes = planner.next_clip()
-        audio = render_clip(category, attributes, np.random.default_rng(_split_seed(seed, split, 1, index)))
-        clip_id = f"{split}-{index:05d}"
-        answers = [(CATEGORY_TASK, category)] + [(task, attributes[task.name]) for task in ATTRIBUTE_TASKS[category]]
-        for task, answer in answers[: num_examples - len(examples)]:
-            examples.append(CorpusExample(clip_id, category, dict(attributes), task.question, answer, task.name, audio))
-        index += 1
+    # tqdm itself, not the package's `progress_bar`: this module loads without transformers (see the docstring).
+    bar = tqdm(total=num_examples, desc=f"{split} corpus", unit="example", disable=not progress, dynamic_ncols=True)
+    with bar:
+        while len(examples) < num_examples:
+            category, attributes = planner.next_clip()
+            audio = render_clip(category, attributes, np.random.default_rng(_split_seed(seed, split, 1, index)))
+            clip_id = f"{split}-{index:05d}"
+            answers = [(CATEGORY_TASK, category)]
+            answers += [(task, attributes[task.name]) for task in ATTRIBUTE_TASKS[category]]
+            for task, answer in answers[: num_examples - len(examples)]:
+                examples.append(
+                    CorpusExample(clip_id, category, dict(attributes), task.question, answer, task.name, audio)
+                )
+                bar.update()
+            index += 1
     return examples
 
 
@@ -546,11 +555,13 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
-def write_corpus(output_dir, seed: int = 0, sizes: dict | None = None, overwrite: bool = False) -> dict[str, Path]:
+def write_corpus(
+    output_dir, seed: int = 0, sizes: dict | None = None, overwrite: bool = False, progress: bool = True
+) -> dict[str, Path]:
     """Write 16-bit WAVs (each clip once) under `output_dir/audio/<split>/` and a JSONL manifest per split.
 
     Manifest audio paths are relative to the manifest's folder, so the corpus can be moved as a whole. Returns the
-    manifest path of each split.
+    manifest path of each split. `progress`: a bar per split on stderr while its clips are rendered.
     """
     import soundfile  # needs libsndfile, which only writing (not generating) depends on
 
@@ -563,7 +574,7 @@ def write_corpus(output_dir, seed: int = 0, sizes: dict | None = None, overwrite
         audio_dir = output_dir / "audio" / split
         audio_dir.mkdir(parents=True, exist_ok=True)
         rows, written = [], set()
-        for example in generate_split(split, resolved[split], seed):
+        for example in generate_split(split, resolved[split], seed, progress):
             relative = f"audio/{split}/{example.clip_id}.wav"
             if example.clip_id not in written:
                 soundfile.write(output_dir / relative, example.audio, SAMPLE_RATE, subtype="PCM_16")

@@ -4,6 +4,7 @@
 import torch
 
 from ..data.conversation import decoded_chat
+from ..progress import progress_bar
 
 
 def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int = 8) -> list[str]:
@@ -17,12 +18,16 @@ def greedy_generate(model, processor, conversations: list[list[dict]], max_new_t
     return processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers to each row's conversation, without its assistant turn."""
+def generate_answers(
+    model, processor, rows, batch_size: int = 16, max_new_tokens: int = 8, desc: str = "answering"
+) -> list[str]:
+    """Greedy answers to each row's conversation, without its assistant turn; a bar on stderr counts the rows."""
     model.eval()
     answers = []
-    for start in range(0, len(rows), batch_size):
-        prompts = [decoded_chat(row["conversation"], row["audio"], with_answer=False)
-                   for row in rows[start : start + batch_size]]
-        answers.extend(greedy_generate(model, processor, prompts, max_new_tokens))
+    with progress_bar(total=len(rows), desc=desc, unit="question") as bar:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            prompts = [decoded_chat(row["conversation"], row["audio"], with_answer=False) for row in batch]
+            answers.extend(greedy_generate(model, processor, prompts, max_new_tokens))
+            bar.update(len(batch))
     return answers

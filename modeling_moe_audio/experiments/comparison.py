@@ -22,6 +22,7 @@ from ..data.corpus import write_corpus
 from ..data.manifest import load_rows
 from ..output_dirs import finish_run, start_run
 from ..presets import ABLATIONS, ablation_config, load_config
+from ..progress import announce, progress_enabled
 from .statistics import paired_difference, spread, verdict
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
@@ -73,6 +74,7 @@ def run_one(name: str, seed: int, output: Path, manifests: dict, budget: dict, r
     folder = run_folder(name, seed)
     result_path = output / folder / "result.json"
     if resuming and result_path.is_file():
+        announce(f"{folder}: already done ({result_path})")
         return json.loads(result_path.read_text())
     config = config_for(name)
     seconds = train_one(folder, config, output, manifests, budget, seed)
@@ -88,6 +90,7 @@ def run_one(name: str, seed: int, output: Path, manifests: dict, budget: dict, r
         "train_seconds": round(seconds, 1),
     }
     if config.adapter_type == "moe":
+        announce(f"{folder}: measuring the expert load on the test questions")
         result["balance"] = load_balance(output / folder, load_rows(manifests["test"]))
     result_path.write_text(json.dumps(result, indent=2))
     return result
@@ -97,7 +100,8 @@ def corpus_manifests(output: Path, budget: dict, corpus_seed: int, resuming: boo
     corpus = output / "corpus"
     if resuming and (corpus / "test.jsonl").is_file():  # the run's own corpus, written when it started
         return {split: corpus / f"{split}.jsonl" for split in ("train", "validation", "test")}
-    return write_corpus(corpus, seed=corpus_seed, sizes=budget["sizes"], overwrite=True)
+    announce(f"writing the corpus to {corpus}")
+    return write_corpus(corpus, seed=corpus_seed, sizes=budget["sizes"], overwrite=True, progress=progress_enabled())
 
 
 def summarise(results: list[dict], configs: list[str], seeds: list[int], baseline: str) -> dict:
@@ -197,7 +201,11 @@ def run_comparison(output: str | Path, configs: list[str], seeds: list[int], bud
     output = Path(output)
     check_plan(configs, seeds, baseline)
     manifests = corpus_manifests(output, budget, corpus_seed, resuming)
-    results = [run_one(config, seed, output, manifests, budget, resuming) for seed in seeds for config in configs]
+    plan = [(config, seed) for seed in seeds for config in configs]
+    results = []
+    for number, (config, seed) in enumerate(plan, 1):
+        announce(f"run {number} of {len(plan)}: {config}, seed {seed}")
+        results.append(run_one(config, seed, output, manifests, budget, resuming))
     summary = summarise(results, configs, seeds, baseline)
     (output / f"{name}.json").write_text(json.dumps({**summary, "budget": budget, "corpus_seed": corpus_seed,
                                                      "runs": results}, indent=2))

@@ -14,6 +14,7 @@ from ..data.corpus import write_corpus
 from ..checkpoints.model_card import write_model_card
 from ..output_dirs import finish_run, start_run
 from ..presets import load_config
+from ..progress import announce, progress_enabled
 from .statistics import paired_difference, verdict
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
@@ -42,7 +43,9 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
     output = Path(output)
     start_run(output, "demo", {"quick": quick, "seed": seed}, overwrite)
     budget = QUICK if quick else FULL
-    manifests = write_corpus(output / "corpus", seed=seed, sizes=budget["sizes"], overwrite=True)
+    announce(f"writing the corpus to {output / 'corpus'}")
+    manifests = write_corpus(output / "corpus", seed=seed, sizes=budget["sizes"], overwrite=True,
+                             progress=progress_enabled())
     results, hits = {}, {}
     for adapter_type in ADAPTERS:
         config = load_config(PRESET, adapter_type=adapter_type)

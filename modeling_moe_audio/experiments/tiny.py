@@ -10,6 +10,7 @@ from ..data.manifest import load_rows
 from ..evaluation.accuracy import answer_hits, score_answers
 from ..evaluation.generation import generate_answers
 from ..presets import shipped_tokenizer
+from ..progress import announce, progress_enabled
 from ..training.trainer import MoEAudioTrainArguments, paper_training_arguments, train
 
 
@@ -24,6 +25,7 @@ PRESET = "tiny-4s"
 def train_one(name: str, config, output: Path, manifests: dict, budget: dict, seed: int) -> float:
     """Initialise `config` with `seed` in `output/<name>-init` and train it into `output/<name>`; returns seconds."""
     init_dir = output / f"{name}-init"
+    announce(f"{name}: initialising the model in {init_dir}")
     init_checkpoint(config, init_dir, tokenizer=shipped_tokenizer(PRESET), seed=seed, overwrite=True)
     script_args = MoEAudioTrainArguments(
         model=str(init_dir),
@@ -49,7 +51,10 @@ def train_one(name: str, config, output: Path, manifests: dict, budget: dict, se
         save_strategy="no",
         report_to=["tensorboard"],
         dataloader_num_workers=0,
+        disable_tqdm=not progress_enabled(),
     )
+    announce(f"{name}: training for {budget['epochs']} epochs into {output / name} "
+             f"(TensorBoard: tensorboard --logdir {output / name / 'runs'})")
     start = time.perf_counter()
     train(script_args, training_args)
     return time.perf_counter() - start
@@ -60,5 +65,5 @@ def evaluate_one(checkpoint: Path, test_manifest: Path) -> tuple[dict, list[bool
     the manifest's order, so two models' answers to the same questions pair up)."""
     model, processor = load_checkpoint(checkpoint)
     rows = load_rows(test_manifest)
-    answers = generate_answers(model, processor, rows)
+    answers = generate_answers(model, processor, rows, desc=f"{Path(checkpoint).name}: answering the test questions")
     return score_answers(rows, answers, group_key="category"), answer_hits(rows, answers)

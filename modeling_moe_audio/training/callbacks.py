@@ -1,5 +1,5 @@
-"""Trainer callbacks: the MoE aux-loss schedule and routing statistics, and the gradient conflicts between
-categories during training.
+"""Trainer callbacks: the MoE aux-loss schedule and routing statistics, the gradient conflicts between
+categories during training, and the loss-curve figure beside the TensorBoard logs.
 
 A `TrainerCallback`'s metrics reach TensorBoard and `state.log_history` only if it runs before the reporting
 callbacks, so each of ours is installed first in line (`install`).
@@ -8,10 +8,12 @@ callbacks, so each of ours is installed first in line (`install`).
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from ..analysis.figures import loss_curve_figure, save_png
 from ..analysis.gradients import category_gradients, gradient_cosine
 from ..analysis.routing import load_statistics
 from ..modeling_moe_audio import MoEAudioRouter, load_balancing_loss_func
@@ -225,3 +227,57 @@ class GradientConflictCallback(FirstInLineCallback):
             for i, a in enumerate(categories) for j, b in enumerate(categories) if i < j
         }
         self.publish(metrics, logs, state)
+
+
+LOSS_CURVES = "runs/loss_curves.png"  # under output_dir, beside TensorBoard's runs/<date>_<host>/; never pushed
+
+
+class LossCurveCallback(TrainerCallback):
+    """Draws `output_dir/runs/loss_curves.png` (`loss_curve_figure`): train and eval loss against the step, and the
+    load-balancing loss `moe/aux_loss` that `MoEAuxLossCallback` logs on its own axis (a dense adapter has none: the
+    panel says so). Redrawn at every evaluation and at the end of training, by the main process only.
+
+    `drawn` records the last figure as it was saved: its path and, per panel, the title, axis labels, the plotted
+    series (label and number of points) and any text in place of a curve.
+    """
+
+    def __init__(self, base_model: str | None = None):
+        self.base_model = base_model  # named in the title
+        self.title = None
+        self.no_aux_reason = None
+        self.drawn = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        adapter_type = getattr(unwrap_moe_model(model).config, "adapter_type", None) if model is not None else None
+        about = [f"{adapter_type} adapter"] if adapter_type else []
+        about += [f"from {self.base_model}"] if self.base_model else []
+        self.title = f"{Path(args.output_dir).name}" + (f" ({', '.join(about)})" if about else "") + ": training losses"
+        if adapter_type == "dense":
+            self.no_aux_reason = "dense adapter:\nno load-balancing loss"
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.draw(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.draw(args, state)
+
+    def draw(self, args, state) -> Path | None:
+        if not state.is_world_process_zero or not state.log_history:
+            return None
+        title = self.title or f"{Path(args.output_dir).name}: training losses"
+        figure = loss_curve_figure(state.log_history, title, self.no_aux_reason)
+        path = Path(args.output_dir) / LOSS_CURVES
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(figure, path)
+        self.drawn = {"path": path, "title": title, "panels": [_describe(axes) for axes in figure.axes]}
+        return path
+
+
+def _describe(axes) -> dict:
+    return {
+        "title": axes.get_title(),
+        "xlabel": axes.get_xlabel(),
+        "ylabel": axes.get_ylabel(),
+        "series": {line.get_label(): len(line.get_xdata()) for line in axes.get_lines()},
+        "texts": [text.get_text() for text in axes.texts],
+    }

@@ -22,7 +22,7 @@ from ..data.collator import MoEAudioDataCollator
 from ..data.manifest import load_manifest, load_rows
 from ..checkpoints.model_card import write_model_card
 from ..output_dirs import check_output_dir, resumes_run_in
-from .callbacks import AuxLossSchedule, GradientConflictCallback, MoEAuxLossCallback
+from .callbacks import AuxLossSchedule, GradientConflictCallback, LossCurveCallback, MoEAuxLossCallback
 from .stages import STAGES, add_lora, apply_stage, count_trainable, steps_for
 
 
@@ -166,6 +166,7 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
             trainer, processor=processor, rows=load_rows(script_args.gradient_analysis_data),
             every_steps=script_args.gradient_analysis_every,
         )
+    trainer.add_callback(LossCurveCallback(base_model=_public_name(script_args.model)))
     trainable, total = count_trainable(model)
     if trainer.is_world_process_zero():
         print(f"stage {script_args.stage}: training {trainable:,} of {total:,} parameters")
