@@ -372,3 +372,99 @@ def test_export_mmau_feeds_the_evaluation_loader(tmp_path):
     for item, row in zip(items, rows):
         assert item.options[item.answer_index] == row["response"] and item.task == row["category"]
         assert Path(item.audio).resolve() == (manifests["test"].parent / row["audio"]).resolve()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The conflict variant: what is said, and how and over what it is said, asked of the same clips
+# ----------------------------------------------------------------------------------------------------------------
+
+CONFLICT_TASK_NAMES = sorted({task.name for tasks in corpus.CONFLICT_TASKS.values() for task in tasks})
+
+
+@pytest.fixture(scope="module")
+def conflict_train():
+    return generate_split("train", 1200, seed=0, progress=False, variant="conflict")
+
+
+@pytest.fixture(scope="module")
+def conflict_test():
+    return generate_split("test", 600, seed=0, progress=False, variant="conflict")
+
+
+def test_conflict_variant_asks_content_and_properties_of_the_same_speech_clips(conflict_train):
+    by_clip = defaultdict(list)
+    for example in conflict_train:
+        by_clip[example.clip_id].append(example)
+    speech = [examples for examples in by_clip.values() if examples[0].kind == "speech"]
+    assert len(speech) > len(by_clip) / 3  # half the clips are speech
+    for examples in speech[:-1]:  # the last clip may be cut short
+        assert [e.category for e in examples] == ["content", "paralinguistic", "paralinguistic", "acoustic"]
+        assert examples[0].task == "word" and examples[0].answer == examples[0].attributes["word"]
+        assert "vowel" not in examples[0].attributes and "syllables" not in examples[0].attributes
+    for name in CONFLICT_TASK_NAMES:  # every answer of every question comes up about equally often
+        counts = Counter(e.answer for e in conflict_train if e.task == name)
+        assert max(counts.values()) - min(counts.values()) <= 0.1 * max(counts.values()) + 2, (name, counts)
+    # The conflict variant is drawn from streams of its own: it shares no audio with the default corpus.
+    default_audio = {audio_digest(e.audio) for e in generate_split("train", 60, seed=0, progress=False)}
+    assert default_audio.isdisjoint(audio_digest(e.audio) for e in conflict_train[:60])
+
+
+def test_the_word_is_in_the_order_of_the_vowels():
+    """'ia' and 'ai' hold the same two vowels: only their order tells them apart. /i/ has its second formant near
+    2.3 kHz and /a/ near 1.1 kHz, so the 2-2.6 kHz band is louder in the first half of 'ia' than in its second half,
+    and the other way round for 'ai'."""
+
+    def high_band_share(audio):
+        spectrum = np.abs(np.fft.rfft(audio)) ** 2
+        frequencies = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
+        return spectrum[(frequencies > 2000) & (frequencies < 2600)].sum() / spectrum[frequencies < 4000].sum()
+
+    for word, first_is_i in (("ia", True), ("ai", False)):
+        audio = corpus.render_speech({"pitch": "low", "word": word}, np.random.default_rng(7))
+        voiced = np.flatnonzero(np.abs(audio) > 0.05 * np.abs(audio).max())
+        middle = (voiced[0] + voiced[-1]) // 2
+        first, second = high_band_share(audio[voiced[0]:middle]), high_band_share(audio[middle:voiced[-1]])
+        assert (first > 2 * second) if first_is_i else (second > 2 * first), (word, first, second)
+
+
+def test_a_background_sits_under_the_voice():
+    attributes = {"pitch": "high", "word": "au", "loudness": "loud"}
+    quiet = corpus.render_clip("speech", {**attributes, "background": "nothing"}, np.random.default_rng(3))
+    rainy = corpus.render_clip("speech", {**attributes, "background": "rain"}, np.random.default_rng(3))
+    assert not np.array_equal(quiet, rainy)
+    voice = corpus.render_speech(attributes, np.random.default_rng(0))
+    mixed = corpus._with_background(voice, "engine", np.random.default_rng(1))
+    below_db = corpus._max_short_term_rms_db(voice) - corpus._max_short_term_rms_db(mixed - voice)
+    low, high = corpus.BACKGROUND_BELOW_VOICE_DB
+    assert low - 1 <= below_db <= high + 1
+
+
+@pytest.fixture(scope="module")
+def conflict_probe_accuracies(conflict_train, conflict_test):
+    clips = {e.clip_id: e.audio for e in conflict_train + conflict_test}
+    descriptors = dict(zip(clips, (clip_descriptor(m) for m in log_mels(list(clips.values())))))
+    accuracies = {}
+    for name in CONFLICT_TASK_NAMES:
+        train = [e for e in conflict_train if e.task == name]
+        test = [e for e in conflict_test if e.task == name]
+        classifier = NearestCentroid().fit(np.stack([descriptors[e.clip_id] for e in train]), [e.answer for e in train])
+        predicted = classifier.predict(np.stack([descriptors[e.clip_id] for e in test]))
+        accuracies[name] = float(np.mean([p == e.answer for p, e in zip(predicted, test)]))
+    print("conflict variant, log-mel nearest-centroid accuracy per task:", json.dumps(accuracies))
+    return accuracies
+
+
+@pytest.mark.parametrize("task", CONFLICT_TASK_NAMES)
+def test_the_conflict_variants_answers_are_in_the_audio(conflict_probe_accuracies, task):
+    assert conflict_probe_accuracies[task] >= 0.8
+
+
+def test_write_corpus_conflict_variant_and_a_bad_variant(tmp_path):
+    manifests = write_corpus(tmp_path / "c", seed=1, sizes={"train": 8, "validation": 4, "test": 4}, progress=False,
+                             variant="conflict")
+    rows = read_manifest(manifests["train"])
+    assert {row["category"] for row in rows} <= {"content", "paralinguistic", "acoustic"}
+    assert all(row["kind"] in CATEGORIES for row in rows)
+    with pytest.raises(ValueError, match="Unknown corpus variant 'conflcit'; choose one of default, conflict"):
+        write_corpus(tmp_path / "d", variant="conflcit")
+    assert not (tmp_path / "d").exists()

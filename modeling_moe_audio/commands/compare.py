@@ -23,6 +23,9 @@ def build_parser():
     parser.add_argument("--baseline", default="dense", help="the configuration the others are compared with")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="seeds of the initialisation and the data order, one run per configuration and seed")
+    parser.add_argument("--corpus", choices=("default", "conflict"), default="default",
+                        help="the built-in corpus: default (speech, music, sound, each asked its kind and attributes) or "
+                             "conflict (spoken words asked their content and their pitch, loudness and background)")
     parser.add_argument("--corpus_seed", type=int, default=0, help="seed of the built-in corpus, the same for every run")
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and budget (a smoke test)")
     parser.add_argument("--overwrite", action="store_true",
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..experiments.comparison import compare
 
     summary = run(compare, args.output_dir, args.configs.split(","), args.seeds, args.baseline, args.corpus_seed,
-                  args.quick, args.overwrite)
+                  args.quick, args.overwrite, args.corpus)
     print(summary["tables"])
     print(f"\nwrote {args.output_dir}/comparison.md, comparison.json and comparison.png")
 

@@ -88,18 +88,56 @@ ATTRIBUTE_TASKS: dict[str, tuple[Task, ...]] = {
 
 COUNT_WORDS = {"one": 1, "two": 2, "three": 3}
 
+# The "conflict" variant: the same speech clips are asked what is said (content: a two-vowel word, whose answer lies
+# in the order of the formants over time) and how and over what it is said (pitch and loudness: paralinguistic;
+# the background sound: acoustic), beside music and sound clips asked their acoustic properties. One adapter must
+# keep both kinds of feature, the setting in which the paper locates gradient conflict (its section 5).
+WORDS = ("ai", "ia", "au", "ua", "iu", "ui")
+LOUDNESS_TASK = Task("loudness", "Is it loud or quiet? Answer with one word: loud or quiet.", ("loud", "quiet"))
+CONFLICT_TASKS: dict[str, tuple[Task, ...]] = {
+    "speech": (
+        Task("word", f"Which word does the voice say? Answer with one word: {', '.join(WORDS[:-1])} or {WORDS[-1]}.",
+             WORDS),
+        ATTRIBUTE_TASKS["speech"][0],  # pitch
+        LOUDNESS_TASK,
+        Task("background", "What is heard behind the voice? Answer with one word: nothing, rain or engine.",
+             ("nothing", "rain", "engine")),
+    ),
+    "music": (ATTRIBUTE_TASKS["music"][0], LOUDNESS_TASK),  # instrument
+    "sound": (ATTRIBUTE_TASKS["sound"][0], LOUDNESS_TASK),  # source
+}
+# The category each question of the conflict variant is scored and analysed under.
+CONFLICT_GROUPS = {("speech", "word"): "content", ("speech", "pitch"): "paralinguistic",
+                   ("speech", "loudness"): "paralinguistic", ("speech", "background"): "acoustic",
+                   ("music", "instrument"): "acoustic", ("music", "loudness"): "acoustic",
+                   ("sound", "source"): "acoustic", ("sound", "loudness"): "acoustic"}
+# Half the clips of the conflict variant are speech, so that a sixth of its questions ask for content.
+CONFLICT_KINDS = ("speech", "speech", "music", "sound")
+VARIANTS = ("default", "conflict")
+
+
+def _conflict_attributes() -> dict[str, tuple[Task, ...]]:
+    """Every attribute a clip of the conflict variant is rendered from: what is asked, and what the default variant
+    draws for rendering (tempo, melody, number of events); a word replaces the vowel and the syllable count."""
+    drawn = {}
+    for kind, asked in CONFLICT_TASKS.items():
+        tasks = {task.name: task for task in (*ATTRIBUTE_TASKS[kind], *asked)}
+        drawn[kind] = tuple(task for name, task in tasks.items() if name not in ("vowel", "syllables"))
+    return drawn
+
 
 @dataclass(eq=False)  # numpy audio has no single truth value, so generated `==` would raise; compare fields instead
 class CorpusExample:
     """One clip, one question about it, and the one-word answer."""
 
     clip_id: str
-    category: str
+    category: str  # what the question is scored under: the clip's kind, or (conflict variant) the question's group
     attributes: dict
     question: str
     answer: str
     task: str
     audio: np.ndarray
+    kind: str = ""  # speech, music or sound (the conflict variant; the default variant's category already says it)
 
     @property
     def duration(self) -> float:
@@ -214,9 +252,11 @@ def render_speech(attributes: dict, rng: np.random.Generator) -> np.ndarray:
     base_f0 = rng.uniform(low, high)
     # Higher voices come with shorter vocal tracts, as in children and women.
     tract_scale = (1.12 if attributes["pitch"] == "high" else 1.0) * rng.uniform(0.95, 1.05)
-    response = _voice_response(attributes["vowel"], tract_scale)
+    # One vowel for every syllable, or (a word of the conflict variant) one vowel per letter of the word.
+    vowels = list(attributes["word"]) if "word" in attributes else [attributes["vowel"]] * COUNT_WORDS[attributes["syllables"]]
     syllables = []
-    for index in range(COUNT_WORDS[attributes["syllables"]]):
+    for index, vowel in enumerate(vowels):
+        response = _voice_response(vowel, tract_scale)
         length = _seconds(rng.uniform(0.18, 0.30))
         declination = np.linspace(1.0, rng.uniform(0.9, 1.0), length)  # pitch drifts down within a syllable
         vibrato = 1.0 + 0.01 * np.sin(2 * np.pi * rng.uniform(4.0, 6.0) * np.arange(length) / SAMPLE_RATE)
@@ -412,10 +452,29 @@ def _finish_clip(content: np.ndarray, level_dbfs: float, rng: np.random.Generato
     return clip.astype(np.float32)
 
 
+# How far under the voice a background sound sits: clearly audible, never masking the word.
+BACKGROUND_BELOW_VOICE_DB = (10.0, 14.0)
+
+
+def _with_background(voice: np.ndarray, source: str, rng: np.random.Generator) -> np.ndarray:
+    """The voice over events of `source` repeated end to end, covering the whole voice, some dB under it."""
+    make_event = SOUND_SOURCES[source]
+    events, length = [], 0
+    while length < len(voice):
+        event = make_event(rng)
+        events.append(event / (np.max(np.abs(event)) + 1e-12))
+        length += len(events[-1])
+    background = np.concatenate(events)[: len(voice)]
+    gap_db = _max_short_term_rms_db(voice) - _max_short_term_rms_db(background) - rng.uniform(*BACKGROUND_BELOW_VOICE_DB)
+    return voice + background * _db_to_amplitude(gap_db)
+
+
 def render_clip(category: str, attributes: dict, rng: np.random.Generator) -> np.ndarray:
     """The audio for one clip: 16 kHz mono float32, peak <= 1."""
     content = RENDERERS[category](attributes, rng)
-    if category == "sound":
+    if attributes.get("background", "nothing") != "nothing":
+        content = _with_background(content, attributes["background"], rng)
+    if "loudness" in attributes:  # asked of sound clips (and of every clip in the conflict variant)
         level = rng.uniform(*LOUDNESS_DBFS[attributes["loudness"]])
     else:
         level = rng.uniform(*UNASKED_LEVEL_DBFS)
@@ -448,11 +507,12 @@ class BalancedDeck:
 class ClipPlanner:
     """Chooses each clip's category and attribute values, balanced within the split."""
 
-    def __init__(self, rng: np.random.Generator):
-        self._categories = BalancedDeck(CATEGORIES, rng)
+    def __init__(self, rng: np.random.Generator, tasks: dict[str, tuple[Task, ...]] = ATTRIBUTE_TASKS,
+                 kinds: tuple[str, ...] = CATEGORIES):
+        self._categories = BalancedDeck(kinds, rng)
         self._attributes = {
-            category: {task.name: BalancedDeck(task.answers, rng) for task in tasks}
-            for category, tasks in ATTRIBUTE_TASKS.items()
+            category: {task.name: BalancedDeck(task.answers, rng) for task in category_tasks}
+            for category, category_tasks in tasks.items()
         }
 
     def next_clip(self) -> tuple[str, dict]:
@@ -476,9 +536,18 @@ def _check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer number of examples, got {value!r}.")
 
 
-def generate_split(split: str, num_examples: int, seed: int = 0, progress: bool = True) -> list[CorpusExample]:
-    """`num_examples` examples of one split; each clip is asked its category and every attribute of its category.
-    A tqdm bar on stderr counts them (`progress=False`, or `TQDM_DISABLE=1`, turns it off).
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown corpus variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+
+
+def generate_split(split: str, num_examples: int, seed: int = 0, progress: bool = True,
+                   variant: str = "default") -> list[CorpusExample]:
+    """`num_examples` examples of one split. `default`: each clip is asked its category and every attribute of its
+    category, and is scored under its category. `conflict`: speech clips are asked their word, pitch, loudness and
+    background, music and sound clips their instrument or source and loudness, each question scored under its group
+    (`CONFLICT_GROUPS`: content, paralinguistic, acoustic). A tqdm bar on stderr counts them (`progress=False`, or
+    `TQDM_DISABLE=1`, turns it off).
 
     All questions about a clip stay in its split; the last clip may be asked only some of them when `num_examples`
     does not come out even.
@@ -487,22 +556,27 @@ def generate_split(split: str, num_examples: int, seed: int = 0, progress: bool 
         raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
     _check_count("num_examples", num_examples)
     _check_seed(seed)
-    planner = ClipPlanner(np.random.default_rng(_split_seed(seed, split, 0)))
+    _check_variant(variant)
+    conflict = variant == "conflict"
+    # The conflict variant draws from streams of its own (the 2 and 3 below), so it shares no clip with the default.
+    planner = ClipPlanner(np.random.default_rng(_split_seed(seed, split, 2 if conflict else 0)),
+                          *((_conflict_attributes(), CONFLICT_KINDS) if conflict else (ATTRIBUTE_TASKS,)))
     examples: list[CorpusExample] = []
     index = 0
     # tqdm itself, not the package's `progress_bar`: this module loads without transformers (see the docstring).
     bar = tqdm(total=num_examples, desc=f"{split} corpus", unit="example", disable=not progress, dynamic_ncols=True)
     with bar:
         while len(examples) < num_examples:
-            category, attributes = planner.next_clip()
-            audio = render_clip(category, attributes, np.random.default_rng(_split_seed(seed, split, 1, index)))
+            kind, attributes = planner.next_clip()
+            clip_rng = np.random.default_rng(_split_seed(seed, split, 3 if conflict else 1, index))
+            audio = render_clip(kind, attributes, clip_rng)
             clip_id = f"{split}-{index:05d}"
-            answers = [(CATEGORY_TASK, category)]
-            answers += [(task, attributes[task.name]) for task in ATTRIBUTE_TASKS[category]]
-            for task, answer in answers[: num_examples - len(examples)]:
-                examples.append(
-                    CorpusExample(clip_id, category, dict(attributes), task.question, answer, task.name, audio)
-                )
+            tasks = CONFLICT_TASKS[kind] if conflict else (CATEGORY_TASK, *ATTRIBUTE_TASKS[kind])
+            for task in tasks[: num_examples - len(examples)]:
+                answer = kind if task is CATEGORY_TASK else attributes[task.name]
+                category = CONFLICT_GROUPS[kind, task.name] if conflict else kind
+                examples.append(CorpusExample(clip_id, category, dict(attributes), task.question, answer, task.name,
+                                              audio, kind if conflict else ""))
                 bar.update()
             index += 1
     return examples
@@ -519,11 +593,11 @@ def _resolve_sizes(sizes: dict | None) -> dict[str, int]:
     return resolved
 
 
-def build_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[CorpusExample]]:
+def build_corpus(seed: int = 0, sizes: dict | None = None, variant: str = "default") -> dict[str, list[CorpusExample]]:
     """All three splits; `sizes` overrides some or all of `DEFAULT_SIZES` (examples per split)."""
     resolved = _resolve_sizes(sizes)
     _check_seed(seed)
-    return {split: generate_split(split, resolved[split], seed) for split in SPLITS}
+    return {split: generate_split(split, resolved[split], seed, progress=False, variant=variant) for split in SPLITS}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,7 +606,7 @@ def build_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Cor
 
 
 def _manifest_row(example: CorpusExample, audio_path: str) -> dict:
-    return {
+    row = {
         "audio": audio_path,
         "prompt": example.question,
         "response": example.answer,
@@ -540,6 +614,7 @@ def _manifest_row(example: CorpusExample, audio_path: str) -> dict:
         "task": example.task,
         "attributes": example.attributes,
     }
+    return {**row, "kind": example.kind} if example.kind else row
 
 
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -556,9 +631,11 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
 
 
 def write_corpus(
-    output_dir, seed: int = 0, sizes: dict | None = None, overwrite: bool = False, progress: bool = True
+    output_dir, seed: int = 0, sizes: dict | None = None, overwrite: bool = False, progress: bool = True,
+    variant: str = "default",
 ) -> dict[str, Path]:
-    """Write 16-bit WAVs (each clip once) under `output_dir/audio/<split>/` and a JSONL manifest per split.
+    """Write 16-bit WAVs (each clip once) under `output_dir/audio/<split>/` and a JSONL manifest per split, of the
+    corpus `variant` (see `generate_split`).
 
     Manifest audio paths are relative to the manifest's folder, so the corpus can be moved as a whole. Returns the
     manifest path of each split. `progress`: a bar per split on stderr while its clips are rendered.
@@ -568,13 +645,14 @@ def write_corpus(
     output_dir = Path(output_dir)
     resolved = _resolve_sizes(sizes)
     _check_seed(seed)
+    _check_variant(variant)
     _prepare_output_dir(output_dir, overwrite)
     manifests = {}
     for split in SPLITS:
         audio_dir = output_dir / "audio" / split
         audio_dir.mkdir(parents=True, exist_ok=True)
         rows, written = [], set()
-        for example in generate_split(split, resolved[split], seed, progress):
+        for example in generate_split(split, resolved[split], seed, progress, variant):
             relative = f"audio/{split}/{example.clip_id}.wav"
             if example.clip_id not in written:
                 soundfile.write(output_dir / relative, example.audio, SAMPLE_RATE, subtype="PCM_16")
@@ -595,7 +673,8 @@ def _portable_path(path: Path, folder: Path) -> str:
 def export_mmau(manifest: str | Path, output: str | Path) -> Path:
     """The questions of a written split (`write_corpus`'s `<split>.jsonl`) as an MMAU-format JSON list, so that
     `moe-audio evaluate` can score models on the built-in corpus: the task's answer set becomes the choices."""
-    tasks = {task.name: task for task in (CATEGORY_TASK, *(t for ts in ATTRIBUTE_TASKS.values() for t in ts))}
+    every_task = (CATEGORY_TASK, *(t for ts in (*ATTRIBUTE_TASKS.values(), *CONFLICT_TASKS.values()) for t in ts))
+    tasks = {task.name: task for task in every_task}
     manifest, output = Path(manifest), Path(output)
     items = []
     for index, line in enumerate(manifest.read_text().splitlines()):

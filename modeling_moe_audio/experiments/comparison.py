@@ -18,7 +18,7 @@ from pathlib import Path
 from ..analysis.routing import expert_activation, load_statistics
 from ..checkpoints.loading import load_checkpoint
 from ..checkpoints.parameters import count_parameters
-from ..data.corpus import write_corpus
+from ..data.corpus import VARIANTS, write_corpus
 from ..data.manifest import load_rows
 from ..output_dirs import finish_run, start_run
 from ..presets import ABLATIONS, ablation_config, load_config
@@ -28,7 +28,6 @@ from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
 
 ADAPTER_CONFIGS = ("moe", "dense")
-CATEGORIES = ("overall", "speech", "music", "sound")
 
 
 def known_configs() -> list[str]:
@@ -96,19 +95,20 @@ def run_one(name: str, seed: int, output: Path, manifests: dict, budget: dict, r
     return result
 
 
-def corpus_manifests(output: Path, budget: dict, corpus_seed: int, resuming: bool) -> dict:
+def corpus_manifests(output: Path, budget: dict, corpus_seed: int, resuming: bool, variant: str = "default") -> dict:
     corpus = output / "corpus"
     if resuming and (corpus / "test.jsonl").is_file():  # the run's own corpus, written when it started
         return {split: corpus / f"{split}.jsonl" for split in ("train", "validation", "test")}
     announce(f"writing the corpus to {corpus}")
-    return write_corpus(corpus, seed=corpus_seed, sizes=budget["sizes"], overwrite=True, progress=progress_enabled())
+    return write_corpus(corpus, seed=corpus_seed, sizes=budget["sizes"], overwrite=True, progress=progress_enabled(),
+                        variant=variant)
 
 
 def summarise(results: list[dict], configs: list[str], seeds: list[int], baseline: str) -> dict:
     """Per configuration and category, the spread over seeds; per configuration, the paired difference from the
     baseline (over seeds, or over test questions with one seed) and its verdict."""
     by_run = {(r["config"], r["seed"]): r for r in results}
-    categories = [c for c in CATEGORIES if c in results[0]["accuracy"]]
+    categories = ["overall", *sorted(c for c in results[0]["accuracy"] if c != "overall")]
     summary = {"seeds": seeds, "baseline": baseline, "categories": categories, "configs": {}, "differences": {}}
     for name in configs:
         runs = [by_run[name, seed] for seed in seeds]
@@ -195,34 +195,38 @@ def plot_comparison(results: list[dict], summary: dict, path: Path, title: str) 
 
 
 def run_comparison(output: str | Path, configs: list[str], seeds: list[int], budget: dict, baseline: str,
-                   corpus_seed: int, resuming: bool, name: str = "comparison") -> dict:
+                   corpus_seed: int, resuming: bool, name: str = "comparison", corpus: str = "default") -> dict:
     """Train and score every (configuration, seed) run in `output` (claimed by the caller), then write
     `<name>.json`, `<name>.md` and `<name>.png` there; returns the summary (with the runs under "runs")."""
     output = Path(output)
     check_plan(configs, seeds, baseline)
-    manifests = corpus_manifests(output, budget, corpus_seed, resuming)
+    manifests = corpus_manifests(output, budget, corpus_seed, resuming, corpus)
     plan = [(config, seed) for seed in seeds for config in configs]
     results = []
     for number, (config, seed) in enumerate(plan, 1):
         announce(f"run {number} of {len(plan)}: {config}, seed {seed}")
         results.append(run_one(config, seed, output, manifests, budget, resuming))
     summary = summarise(results, configs, seeds, baseline)
-    (output / f"{name}.json").write_text(json.dumps({**summary, "budget": budget, "corpus_seed": corpus_seed,
-                                                     "runs": results}, indent=2))
+    (output / f"{name}.json").write_text(json.dumps({**summary, "budget": budget, "corpus": corpus,
+                                                     "corpus_seed": corpus_seed, "runs": results}, indent=2))
     (output / f"{name}.md").write_text(format_tables(summary) + "\n")
     plot_comparison(results, summary, output / f"{name}.png",
-                    f"Test accuracy of the tiny models over {len(seeds)} seed(s), corpus seed {corpus_seed}")
+                    f"Test accuracy of the tiny models over {len(seeds)} seed(s), {corpus} corpus (seed {corpus_seed})")
     return {**summary, "runs": results}
 
 
 def compare(output: str | Path = "runs/compare", configs=ADAPTER_CONFIGS, seeds=(0, 1, 2, 3, 4), baseline: str = "dense",
-            corpus_seed: int = 0, quick: bool = False, overwrite: bool = False) -> dict:
+            corpus_seed: int = 0, quick: bool = False, overwrite: bool = False, corpus: str = "default") -> dict:
     """`moe-audio compare`: claim `output` (or resume the same comparison there), run, write the tables and the plot;
     returns the summary, with the markdown under "tables"."""
     configs, seeds = list(configs), list(seeds)
     check_plan(configs, seeds, baseline)
-    settings = {"configs": configs, "seeds": seeds, "baseline": baseline, "corpus_seed": corpus_seed, "quick": quick}
+    if corpus not in VARIANTS:
+        raise ValueError(f"Unknown corpus {corpus!r}; choose one of {', '.join(VARIANTS)}.")
+    settings = {"configs": configs, "seeds": seeds, "baseline": baseline, "corpus": corpus,
+                "corpus_seed": corpus_seed, "quick": quick}
     resuming = start_run(output, "compare", settings, overwrite, resumable=True)
-    summary = run_comparison(output, configs, seeds, QUICK if quick else FULL, baseline, corpus_seed, resuming)
+    summary = run_comparison(output, configs, seeds, QUICK if quick else FULL, baseline, corpus_seed, resuming,
+                             corpus=corpus)
     finish_run(output)
     return {**summary, "tables": format_tables(summary)}
