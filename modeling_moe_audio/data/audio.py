@@ -59,7 +59,8 @@ def _check_audio(file: BinaryIO, size: int, what: str, max_audio_seconds: float 
     try:
         info = soundfile.info(file)
     except Exception as error:  # soundfile raises its own LibsndfileError and RuntimeError
-        raise BadRowError(f"{what} cannot be decoded ({error})") from None
+        reason = getattr(error, "error_string", None) or error  # libsndfile's words, without the file object's repr
+        raise BadRowError(f"{what} cannot be decoded ({reason})") from None
     if info.frames == 0:
         raise BadRowError(f"{what} is empty")
     shortfall = _wav_shortfall(file, size)
@@ -80,7 +81,10 @@ def check_audio_file(path: str | Path, max_audio_seconds: float | None = None) -
 
 def check_audio_bytes(data: bytes, name: str, max_audio_seconds: float | None = None) -> None:
     """The same checks for a clip stored in a dataset row (`datasets.Audio`'s bytes; `name`: its file name)."""
-    _check_audio(io.BytesIO(data), len(data), f"audio {name} (bytes stored in the row)", max_audio_seconds)
+    what = f"audio {name} (bytes stored in the row)"
+    if not data:
+        raise BadRowError(f"{what} is empty")
+    _check_audio(io.BytesIO(data), len(data), what, max_audio_seconds)
 
 
 def decode_audio_item(item, index: int = 0) -> np.ndarray:
