@@ -224,3 +224,29 @@ def test_a_hub_dataset_id_offline_from_the_hub_cache(offline_hub, corpus, tiny_c
     metrics = train(script_args, training_args)
     assert np.isfinite(metrics["eval_loss"])
     assert "2 optimizer steps on a stream (" in metrics["summary"] and "`someone/audio-qa`" in metrics["summary"]
+
+
+def test_evaluate_takes_a_benchmark_as_a_dataset(corpus, tiny_checkpoint, tmp_path, capsys):
+    """`moe-audio evaluate` on MMAU rows saved as a dataset (the clips' bytes in a `datasets.Audio` column) asks the
+    same questions, with the same audio, as on the JSONL file."""
+    from helpers import moe_audio
+    from modeling_moe_audio.evaluation import load_items
+
+    rows = manifest_rows(corpus["test"])
+    mmau = [{"id": f"q{i}", "audio_id": row["audio"], "question": row["prompt"], "choices": ["speech", "music", "sound"],
+             "answer": "speech", "task": "sound"} for i, row in enumerate(rows)]
+    (tmp_path / "mmau.jsonl").write_text("\n".join(json.dumps(row) for row in mmau) + "\n")
+    DatasetDict({"test": Dataset.from_list(mmau).cast_column("audio_id", Audio())}).save_to_disk(tmp_path / "mmau-set")
+
+    from_file, from_dataset = load_items(tmp_path / "mmau.jsonl"), load_items(tmp_path / "mmau-set")
+    assert [(item.id, item.question, item.options, item.answer_index) for item in from_dataset] == [
+        (item.id, item.question, item.options, item.answer_index) for item in from_file]
+    for file_item, dataset_item in zip(from_file, from_dataset):
+        assert isinstance(dataset_item.audio, dict) and dataset_item.audio["bytes"]
+        np.testing.assert_array_equal(decode_audio_item(dataset_item.audio), decode_audio_item(file_item.audio))
+
+    moe_audio("evaluate", tiny_checkpoint, tmp_path / "mmau-set", "--split", "test", "--limit", "2", "--no_progress",
+              "--max_new_tokens", "2", "--output_dir", tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["evaluation"]["num_items"] == 2
+    assert [prediction["id"] for prediction in results["evaluation"]["predictions"]] == ["q0", "q1"]

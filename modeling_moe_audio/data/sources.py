@@ -35,6 +35,8 @@ from .manifest import ROW_KEYS, ManifestReport, bad_row_error, checked_row, load
 logger = logging.getLogger(__name__)
 
 SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")  # what `save_to_disk` writes at a dataset's top
+# A missing path with one of these endings is a mistyped file, not a Hub id (which would cost minutes of retries).
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv")
 
 
 @dataclass(frozen=True)
@@ -117,14 +119,32 @@ def load_training_data(
     if path.is_file() and path.suffix != ".parquet":
         dataset, report = load_manifest(path, max_audio_seconds, skip_bad_rows)
         return (dataset.to_iterable_dataset() if streaming else dataset), report
-    dataset, folder = _open(name, path, split, default_split, streaming, split_flag)
+    dataset, folder = _open(name, path, split, default_split, streaming, split_flag, "Training data")
     columns.check_present(dataset.column_names, name)
     if streaming:
         return _checked_stream(dataset, name, columns, folder, max_audio_seconds, skip_bad_rows)
     return _checked_whole(dataset, name, columns, folder, max_audio_seconds, skip_bad_rows)
 
 
-def _open(name: str, path: Path, split, default_split, streaming, split_flag):
+def dataset_rows(source: str | os.PathLike, split: str | None = None, default_split: str = "train",
+                 split_flag: str = "--split", what: str = "Data"):
+    """(an iterator of (`"row N"`, the row as stored: `datasets.Audio` items as `{"path", "bytes"}`, never decoded),
+    the folder relative audio paths are in) for a dataset source other than a manifest (see the module docstring);
+    rows are read in small batches from the Arrow files, as they are needed. `what` names the data in errors."""
+    name = os.fspath(source)
+    dataset, folder = _open(name, Path(name).expanduser(), split, default_split, False, split_flag, what)
+    return _rows_of(dataset), folder
+
+
+def _rows_of(dataset: datasets.Dataset):
+    index = 0
+    for batch in dataset.with_format("arrow").iter(batch_size=64):
+        for values in batch.to_pylist():
+            yield f"row {index}", values
+            index += 1
+
+
+def _open(name: str, path: Path, split, default_split, streaming, split_flag, what):
     """(the chosen split as a `Dataset` or, streaming, an `IterableDataset`; the folder relative audio paths are in)."""
     if path.is_file():  # a parquet file
         loaded, folder = datasets.load_dataset("parquet", data_files=str(path), streaming=streaming), path.parent
@@ -134,8 +154,8 @@ def _open(name: str, path: Path, split, default_split, streaming, split_flag):
         else:
             loaded = datasets.load_dataset(str(path), streaming=streaming)
         folder = path
-    elif looks_like_a_local_path(name):
-        raise missing_path_error(path, "Training data")
+    elif looks_like_a_local_path(name) or path.suffix.lower() in DATA_FILE_SUFFIXES:
+        raise missing_path_error(path, what)
     else:
         loaded, folder = _hub_dataset(name, streaming)
     dataset = _split(loaded, split, default_split, name, split_flag)
@@ -178,17 +198,15 @@ def _split(loaded, split: str | None, default_split: str, name: str, split_flag:
 
 
 def _checked_whole(dataset: datasets.Dataset, name, columns, folder, max_audio_seconds, skip_bad_rows):
-    report, kept, index = ManifestReport(), [], 0
-    for batch in dataset.with_format("arrow").iter(batch_size=64):
-        for values in batch.to_pylist():
-            try:
-                checked_row(columns.row(values), folder, max_audio_seconds)
-                kept.append(index)
-            except BadRowError as error:
-                if not skip_bad_rows:
-                    raise bad_row_error(f"{name}, row {index}", error) from None
-                report.skipped.append(f"{name}, row {index}: {error}")
-            index += 1
+    report, kept = ManifestReport(), []
+    for index, (label, values) in enumerate(_rows_of(dataset)):
+        try:
+            checked_row(columns.row(values), folder, max_audio_seconds)
+            kept.append(index)
+        except BadRowError as error:
+            if not skip_bad_rows:
+                raise bad_row_error(f"{name}, {label}", error) from None
+            report.skipped.append(f"{name}, {label}: {error}")
     if not kept:
         raise ValueError(f"Training data {name} has no usable rows ({len(report.skipped)} left out).")
     report.kept = len(kept)
