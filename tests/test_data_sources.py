@@ -182,6 +182,11 @@ def test_a_bad_row_stops_the_stream_with_its_index_or_is_skipped_and_counted(cor
     assert skipping.state.global_step == 3
     assert len(skipping.train_data_report.skipped) == 1 and "row 3" in skipping.train_data_report.skipped[0]
 
+    Dataset.from_list([{**rows[0], "audio": "gone.wav"}] * 4).to_parquet(tmp_path / "all-bad" / "train.parquet")
+    with pytest.raises(ValueError, match=r"all-bad streamed no usable rows \(4 left out"):
+        train(*parse_train_args(tiny_checkpoint, {"train": tmp_path / "all-bad"}, tmp_path / "run-all-bad",
+                                "--streaming", "--max_steps", "3", "--skip_bad_rows"))
+
 
 def hub_cache_of(tmp_path, dataset_dict: DatasetDict, repo_id="someone/audio-qa") -> Path:
     """A Hub cache filled by hand as `hf download --repo-type dataset` leaves it: refs/main and a snapshot of

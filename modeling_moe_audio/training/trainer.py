@@ -236,6 +236,8 @@ def _examples(script_args: MoEAudioTrainArguments, trainer: Trainer) -> str:
     report = trainer.train_data_report
     if not script_args.streaming:
         return f"{len(trainer.train_dataset)} examples"
+    if trainer.args.dataloader_num_workers > 0:  # the rows were checked, and counted, in the loader's processes
+        return "a stream"
     left_out = f", {len(report.skipped)} bad rows left out" if report.skipped else ""
     return f"a stream ({report.kept} checked rows read{left_out})"
 
@@ -256,10 +258,19 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
     # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(script_args, training_args)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if script_args.streaming and trainer.train_data_report.kept == 0:
-        raise ValueError(f"Training data {script_args.train_data} streamed no usable rows "
-                         f"({len(trainer.train_data_report.skipped)} left out).")
+    def empty_stream() -> ValueError:
+        return ValueError(f"Training data {script_args.train_data} streamed no usable rows "
+                          f"({len(trainer.train_data_report.skipped)} left out, listed above).")
+
+    try:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except ValueError:  # accelerate's own words for a stream that yields nothing ("Batch does not contain any data")
+        report = trainer.train_data_report
+        if script_args.streaming and report.kept == 0 and report.skipped:
+            raise empty_stream() from None
+        raise
+    if script_args.streaming and trainer.state.global_step == 0:
+        raise empty_stream()
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
