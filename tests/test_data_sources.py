@@ -255,3 +255,26 @@ def test_evaluate_takes_a_benchmark_as_a_dataset(corpus, tiny_checkpoint, tmp_pa
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["evaluation"]["num_items"] == 2
     assert [prediction["id"] for prediction in results["evaluation"]["predictions"]] == ["q0", "q1"]
+
+
+@pytest.mark.slow
+def test_the_train_command_offline_on_a_hub_id_in_a_process_of_its_own(corpus, tiny_checkpoint, tmp_path):
+    """`moe-audio train --train_data org/name` with HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1 set as a user sets them,
+    the dataset in a Hub cache filled by hand (HF_HUB_CACHE); nothing is downloaded."""
+    from helpers import moe_audio_process
+
+    cache = hub_cache_of(tmp_path, DatasetDict({"train": dataset_of(corpus["train"])}))
+    result = moe_audio_process(
+        "train", "--model", tiny_checkpoint, "--train_data", "someone/audio-qa", *MAPPED_FLAGS, "--output_dir",
+        tmp_path / "run", "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
+        "--save_strategy", "no",
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+             "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_results.json").read_text())["summary"]
+    assert "2 optimizer steps on 12 examples of `someone/audio-qa`" in summary
+    missing = moe_audio_process(
+        "train", "--model", tiny_checkpoint, "--train_data", "someone/elsewhere", "--output_dir", tmp_path / "run2",
+        "--max_steps", "1", "--use_cpu", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert missing.returncode == 1
+    assert "error: Dataset 'someone/elsewhere' is neither a local path nor in the local Hub cache" in missing.stderr
