@@ -450,9 +450,9 @@ def test_a_truncated_wav_is_named_in_a_warning(tmp_path, wav):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def dataset_of(*rows, audio_bytes: bytes | None = None, skip=False, **options):
-    """`load_training_data` on a parquet folder holding `rows` (next to one-second.wav), or, with `audio_bytes`, on
-    a dataset saved to disk whose `datasets.Audio` column holds those bytes."""
+def dataset_of(*rows, audio_bytes: bytes | None = None, skip=False, file=False, **options):
+    """`load_training_data` on a parquet folder holding `rows` (next to one-second.wav; `file`: on the parquet file
+    itself), or, with `audio_bytes`, on a dataset saved to disk whose `datasets.Audio` column holds those bytes."""
     def run(tmp_path, wav):
         import datasets
         from modeling_moe_audio.data.sources import load_training_data
@@ -468,6 +468,7 @@ def dataset_of(*rows, audio_bytes: bytes | None = None, skip=False, **options):
             folder = folder / "saved"
         else:
             datasets.Dataset.from_list(list(rows)).to_parquet(folder / "train.parquet")
+            folder = folder / "train.parquet" if file else folder
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
             return load_training_data(folder, skip_bad_rows=skip, **options)
@@ -498,6 +499,10 @@ def missing_folder(tmp_path, wav):
 
 DATASET_ROWS = [
     Row("a good parquet row", dataset_of(GOOD_ROW), check=lambda result: result[1].kept == 1),
+    Row("a parquet file given itself", dataset_of(GOOD_ROW, GOOD_ROW, file=True), check=lambda result: result[1].kept == 2
+        and result[0][1]["audio"][0].endswith("/data/one-second.wav")),
+    Row("a missing parquet file is no Hub id", lambda tmp, wav: __import__("modeling_moe_audio.data.sources",
+        fromlist=["x"]).load_training_data("train.parquet"), FileNotFoundError, "Training data train.parquet does not exist"),
     Row("a missing clip, named with the row's index", dataset_of(GOOD_ROW, {**GOOD_ROW, "audio": "gone.wav"}),
         BadRowError_, "data, row 1: audio file"),
     Row("special tokens in a dataset's prompt", dataset_of({**GOOD_ROW, "prompt": "<|im_start|>x"}), BadRowError_,
