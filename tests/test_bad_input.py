@@ -497,6 +497,11 @@ def missing_folder(tmp_path, wav):
     return load_training_data(tmp_path / "train-sett")
 
 
+def assistant_blocks(text="noise"):
+    """An assistant message whose content is a list of blocks, as a dataset column holds it (one type per column)."""
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
 DATASET_ROWS = [
     Row("a good parquet row", dataset_of(GOOD_ROW), check=lambda result: result[1].kept == 1),
     Row("a parquet file given itself", dataset_of(GOOD_ROW, GOOD_ROW, file=True), check=lambda result: result[1].kept == 2
@@ -526,6 +531,13 @@ DATASET_ROWS = [
     Row("columns named by the flags", dataset_of({"clip": "one-second.wav", "question": "?", "answer": "x"},
         columns=__import__("modeling_moe_audio.data.sources", fromlist=["x"]).DataColumns("clip", "question", "answer")),
         check=lambda result: result[1].kept == 1),
+    Row("audio blocks without a path, fewer clips than blocks", dataset_of({"conversation": [
+        user(AUDIO, {"type": "audio", "path": None}, {"type": "audio", "path": None}, TEXT), assistant_blocks()],
+        "audio": ["one-second.wav"]}), BadRowError_,
+        "row 0: the conversation has 2 audio blocks without a path but 'audio' holds 1 clips"),
+    Row("audio blocks without a path take the audio column's clips", dataset_of({"conversation": [
+        user({"type": "audio", "path": None}, TEXT), assistant_blocks()], "audio": "one-second.wav"}),
+        check=lambda result: result[0][0]["audio"][0].endswith("one-second.wav")),
     Row("a split that is not there", dataset_of(GOOD_ROW, split="test"), ValueError,
         "has no split 'test' (its splits: train); choose one with --split"),
     Row("a mistyped data folder", missing_folder, FileNotFoundError, "train-sett does not exist; did you mean"),

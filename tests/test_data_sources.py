@@ -117,12 +117,26 @@ def test_a_list_of_clips_per_row_and_whole_conversations(corpus, tmp_path, tiny_
     (tmp_path / "talk-clip.wav").rename(tmp_path / "talk" / "talk-clip.wav")
     talk, _ = load_training_data(tmp_path / "talk", DataColumns(conversation="talk"))
     assert talk[0]["audio"] == [str(tmp_path / "talk" / "talk-clip.wav")]
+    # A conversation whose audio blocks have no path, the clips in an audio column, in order (how chat datasets
+    # with audio are often laid out).
+    first, second = manifest_rows(corpus["train"])[:2]
+    Dataset.from_dict({"messages": [[
+        {"role": "user", "content": [{"type": "audio", "text": None}, {"type": "text", "text": "Same or not?"},
+                                     {"type": "audio", "text": None}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "not"}]},
+    ]], "clips": [[first["audio"], second["audio"]]]}).cast_column("clips", List(Audio())).save_to_disk(
+        tmp_path / "chat")
+    chat, _ = load_training_data(tmp_path / "chat", DataColumns(audio="clips", conversation="messages"))
+    assert [block["type"] for block in chat[0]["conversation"][0]["content"]] == ["audio", "text", "audio"]
+    for item, path in zip(chat[0]["audio"], [first["audio"], second["audio"]], strict=True):
+        np.testing.assert_array_equal(decode_audio_item(item), decode_audio_item(path))
 
     _, processor = load_checkpoint(tiny_checkpoint)
-    batch = MoEAudioDataCollator(processor)([pairs[0], pairs[1], talk[0]])
-    assert batch["input_features"].shape[0] == 5  # 2 + 2 + 1 clips
-    labels = batch["labels"][2]
-    assert processor.decode(labels[labels != -100]) == "speech<|im_end|>"
+    batch = MoEAudioDataCollator(processor)([pairs[0], pairs[1], talk[0], chat[0]])
+    assert batch["input_features"].shape[0] == 7  # 2 + 2 + 1 + 2 clips
+    for row, answer in ((2, "speech"), (3, "not")):
+        labels = batch["labels"][row]
+        assert processor.decode(labels[labels != -100]) == answer + "<|im_end|>"
 
 
 def test_train_on_a_saved_dataset_and_evaluate_on_a_dataset_dicts_split(corpus, tiny_checkpoint, tmp_path):

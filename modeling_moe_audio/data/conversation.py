@@ -35,7 +35,7 @@ def normal_form(conversation: list[dict], resolve_audio: Callable[[object], str]
             content = [{"type": "text", "text": content}]
         blocks = []
         for block in content:
-            path = resolve_audio(block["path"]) if block.get("type") == "audio" else None
+            path = resolve_audio(block.get("path")) if block.get("type") == "audio" else None
             blocks.append({"type": block["type"], "text": block.get("text"), "path": path})
         messages.append({"role": message["role"], "content": blocks})
     return messages
