@@ -446,6 +446,112 @@ def test_a_truncated_wav_is_named_in_a_warning(tmp_path, wav):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Datasets, parquet folders, Hub ids: the manifest's checks, a bad row named by its index
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dataset_of(*rows, audio_bytes: bytes | None = None, skip=False, file=False, **options):
+    """`load_training_data` on a parquet folder holding `rows` (next to one-second.wav; `file`: on the parquet file
+    itself), or, with `audio_bytes`, on a dataset saved to disk whose `datasets.Audio` column holds those bytes."""
+    def run(tmp_path, wav):
+        import datasets
+        from modeling_moe_audio.data.sources import load_training_data
+
+        folder = tmp_path / "data"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(wav, folder / "one-second.wav")
+        if audio_bytes is not None:
+            datasets.Dataset.from_dict({"audio": [{"bytes": wav.read_bytes(), "path": "good.wav"},
+                                                  {"bytes": audio_bytes, "path": "clip.wav"}],
+                                        "prompt": ["p", "p"], "response": ["r", "r"]}).cast_column(
+                "audio", datasets.Audio()).save_to_disk(folder / "saved")
+            folder = folder / "saved"
+        else:
+            datasets.Dataset.from_list(list(rows)).to_parquet(folder / "train.parquet")
+            folder = folder / "train.parquet" if file else folder
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+            return load_training_data(folder, skip_bad_rows=skip, **options)
+    return run
+
+
+def hub_id_offline(repo_id):
+    def run(tmp_path, wav):
+        import datasets
+        from huggingface_hub import constants
+        from modeling_moe_audio.data.sources import load_training_data
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+            patch.setattr(constants, "HF_HUB_OFFLINE", True)
+            patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+            patch.chdir(tmp_path)
+            return load_training_data(repo_id)
+    return run
+
+
+def missing_folder(tmp_path, wav):
+    from modeling_moe_audio.data.sources import load_training_data
+
+    (tmp_path / "train-set").mkdir()
+    return load_training_data(tmp_path / "train-sett")
+
+
+def assistant_blocks(text="noise"):
+    """An assistant message whose content is a list of blocks, as a dataset column holds it (one type per column)."""
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+DATASET_ROWS = [
+    Row("a good parquet row", dataset_of(GOOD_ROW), check=lambda result: result[1].kept == 1),
+    Row("a parquet file given itself", dataset_of(GOOD_ROW, GOOD_ROW, file=True), check=lambda result: result[1].kept == 2
+        and result[0][1]["audio"][0].endswith("/data/one-second.wav")),
+    Row("a missing parquet file is no Hub id", lambda tmp, wav: __import__("modeling_moe_audio.data.sources",
+        fromlist=["x"]).load_training_data("train.parquet"), FileNotFoundError, "Training data train.parquet does not exist"),
+    Row("a missing clip, named with the row's index", dataset_of(GOOD_ROW, {**GOOD_ROW, "audio": "gone.wav"}),
+        BadRowError_, "data, row 1: audio file"),
+    Row("special tokens in a dataset's prompt", dataset_of({**GOOD_ROW, "prompt": "<|im_start|>x"}), BadRowError_,
+        "row 0: 'prompt' holds the special token '<|im_start|>'"),
+    Row("an audio path climbing out of the dataset's folder", dataset_of({**GOOD_ROW, "audio": "../one-second.wav"}),
+        BadRowError_, "climbs out of the data file's folder"),
+    Row("an audio column of numbers", dataset_of({**GOOD_ROW, "audio": 3}), BadRowError_, "'audio' must be a path"),
+    Row("undecodable bytes in a datasets.Audio column", dataset_of(audio_bytes=b"RIFF0000WAVEjunk"), BadRowError_,
+        "row 1: audio clip.wav (bytes stored in the row) cannot be decoded (Error in WAV file"),
+    Row("empty bytes in a datasets.Audio column", dataset_of(audio_bytes=b""), BadRowError_,
+        "row 1: audio clip.wav (bytes stored in the row) is empty"),
+    Row("every bad dataset row is skipped and counted", dataset_of(
+        GOOD_ROW, {**GOOD_ROW, "audio": "gone.wav"}, {**GOOD_ROW, "response": "<|audio_pad|>"}, GOOD_ROW, skip=True),
+        check=lambda result: len(result[0]) == result[1].kept == 2 and len(result[1].skipped) == 2
+        and ", row 1: " in result[1].skipped[0] and ", row 2: " in result[1].skipped[1]),
+    Row("a dataset with no usable rows", dataset_of({**GOOD_ROW, "audio": "gone.wav"}, skip=True), ValueError,
+        "has no usable rows (1 left out)"),
+    Row("columns the flags do not name", dataset_of({"clip": "one-second.wav", "question": "?", "answer": "x"}),
+        ValueError, "has neither a 'conversation' column nor all of 'audio', 'prompt', 'response' (missing ['audio', "
+        "'prompt', 'response']"),
+    Row("columns named by the flags", dataset_of({"clip": "one-second.wav", "question": "?", "answer": "x"},
+        columns=__import__("modeling_moe_audio.data.sources", fromlist=["x"]).DataColumns("clip", "question", "answer")),
+        check=lambda result: result[1].kept == 1),
+    Row("audio blocks without a path, fewer clips than blocks", dataset_of({"conversation": [
+        user(AUDIO, {"type": "audio", "path": None}, {"type": "audio", "path": None}, TEXT), assistant_blocks()],
+        "audio": ["one-second.wav"]}), BadRowError_,
+        "row 0: the conversation has 2 audio blocks without a path but 'audio' holds 1 clips"),
+    Row("audio blocks without a path take the audio column's clips", dataset_of({"conversation": [
+        user({"type": "audio", "path": None}, TEXT), assistant_blocks()], "audio": "one-second.wav"}),
+        check=lambda result: result[0][0]["audio"][0].endswith("one-second.wav")),
+    Row("a split that is not there", dataset_of(GOOD_ROW, split="test"), ValueError,
+        "has no split 'test' (its splits: train); choose one with --split"),
+    Row("a mistyped data folder", missing_folder, FileNotFoundError, "train-sett does not exist; did you mean"),
+    Row("a Hub id offline, not in the Hub cache", hub_id_offline("someone/nothing-here"), FileNotFoundError,
+        "neither a local path nor in the local Hub cache"),
+]
+
+
+@cases(DATASET_ROWS)
+def test_datasets(row, tmp_path, wav):
+    play(row, tmp_path, wav)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Files the commands write: nothing the user saved is written over unasked
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -749,6 +855,7 @@ TRAINING_ROWS = [
     Row("bad evaluation rows are skipped too", training_run("--eval_data", "TRAIN", "--skip_bad_rows",
         manifest_rows=(GOOD_ROW, GOOD_ROW, {**GOOD_ROW, "audio": "gone.wav"})),
         check=lambda trainer: trainer.eval_dataset is not None and len(trainer.eval_dataset) == 2),
+    Row("--streaming without --max_steps", training_run("--streaming"), ValueError, "--streaming needs --max_steps"),
     Row("a NaN aux-loss coefficient", schedule(coef=math.nan), ValueError, "aux-loss coefficients must be >= 0"),
     Row("a negative decay target", schedule(coef=0.01, decay_to=-1.0), ValueError, "aux-loss coefficients"),
     Row("negative warm-up steps", schedule(coef=0.01, warmup_steps=-2), ValueError, "warmup_steps=-2"),

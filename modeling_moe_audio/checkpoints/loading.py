@@ -47,18 +47,23 @@ def check_checkpoint_folder(folder: Path) -> None:
                              "you got the checkpoint.")
 
 
+def missing_path_error(path: Path, what: str) -> FileNotFoundError:
+    """The error for a local path that does not exist, naming the closest existing name beside it."""
+    names = [entry.name for entry in path.parent.iterdir()] if path.parent.is_dir() else []
+    near = difflib.get_close_matches(path.name, names, n=1)
+    return FileNotFoundError(
+        f"{what} {path} does not exist"
+        + (f"; did you mean {path.parent / near[0]}?" if near else ".")
+        + " (A Hub repository is written `org/name`, from a folder without a subfolder `org`.)"
+    )
+
+
 def resolve_source(source: str | os.PathLike) -> str:
     """`source` as `from_pretrained` takes it, after checking a local folder (see `check_checkpoint_folder`)."""
     if looks_like_a_local_path(source):
         folder = Path(source).expanduser()
         if not folder.exists():
-            names = [path.name for path in folder.parent.iterdir()] if folder.parent.is_dir() else []
-            near = difflib.get_close_matches(folder.name, names, n=1)
-            raise FileNotFoundError(
-                f"Checkpoint folder {folder} does not exist"
-                + (f"; did you mean {folder.parent / near[0]}?" if near else ".")
-                + " (A Hub repository is written `org/name`, from a folder without a subfolder `org`.)"
-            )
+            raise missing_path_error(folder, "Checkpoint folder")
         check_checkpoint_folder(folder)
         return str(folder)
     return os.fspath(source)

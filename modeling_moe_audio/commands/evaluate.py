@@ -1,6 +1,7 @@
-"""`moe-audio evaluate MODEL DATA [--output_dir DIR]`: multiple-choice audio QA on a local benchmark file.
+"""`moe-audio evaluate MODEL DATA [--output_dir DIR]`: multiple-choice audio QA on a local benchmark file or dataset.
 
-MMAU (JSON or JSONL) or VoiceBench MMSU / OpenBookQA (JSONL), asked by greedy generation and scored with the
+MMAU (JSON or JSONL) or VoiceBench MMSU / OpenBookQA (JSONL), or the same rows as a dataset (saved with
+`save_to_disk`, parquet, a Hub dataset id; `--split`), asked by greedy generation and scored with the
 evaluate library; writes `DIR/results.json` and `DIR/results.md`. `--text_only_gap` also asks the text form of the
 audio, without audio, and reports the modality gap. The file formats: `modeling_moe_audio.evaluation.benchmarks`.
 """
@@ -14,7 +15,9 @@ from .common import command_parser, quiet_if_asked, run
 def build_parser():
     parser = command_parser("evaluate", __doc__)
     parser.add_argument("model", help="checkpoint folder or Hub id (loaded with trust_remote_code=True)")
-    parser.add_argument("data", help="local benchmark file: MMAU JSON/JSONL or VoiceBench JSONL")
+    parser.add_argument("data", help="benchmark: an MMAU JSON/JSONL or VoiceBench JSONL file, or the same rows as a "
+                        "dataset (save_to_disk folder, parquet file or folder, Hub dataset id)")
+    parser.add_argument("--split", help="split of a dataset DATA; none given: the only one, else 'test'")
     parser.add_argument("--format", choices=("mmau", "voicebench", "auto"), default="auto",
                         help="schema of DATA; auto: from its first row")
     parser.add_argument("--output_dir",
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run(run_evaluation, args.model, args.data, output_dir, format=args.format, limit=args.limit,
                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style,
                   text_only_gap=args.text_only_gap, device=args.device, dtype=args.dtype,
-                  progress=not args.no_progress, overwrite=args.overwrite)
+                  progress=not args.no_progress, overwrite=args.overwrite, split=args.split)
     print(render_markdown(results))
     print(f"wrote {output_dir / 'results.json'} and {output_dir / 'results.md'}")
 

@@ -1,7 +1,12 @@
-"""`moe-audio train`: fine-tune a checkpoint with the Hugging Face `Trainer` on JSONL manifests.
+"""`moe-audio train`: fine-tune a checkpoint with the Hugging Face `Trainer` on JSONL manifests or datasets.
 
     moe-audio train --model runs/tiny-moe --train_data data/train.jsonl --eval_data data/validation.jsonl \\
         --output_dir runs/tiny-moe-trained --stage adapter --num_train_epochs 3 --per_device_train_batch_size 8
+    moe-audio train --model runs/tiny-moe --train_data org/audio-qa --eval_data org/audio-qa --audio_column clip \\
+        --prompt_column question --response_column answer --streaming --max_steps 2000 --output_dir runs/qa
+
+--train_data / --eval_data take a JSONL manifest, a dataset saved with `save_to_disk`, a parquet file or folder, or a
+Hub dataset id (`--split` / `--eval_split` choose the split).
 
 Every `TrainingArguments` flag works (`--help-all` lists them). Defaults follow the paper: AdamW with betas
 (0.9, 0.95), a warmup-stable-decay schedule (decay over the last 10% of the steps unless `--lr_scheduler_kwargs`
@@ -34,7 +39,7 @@ def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
     parser = HfArgumentParser(
         (MoEAudioTrainArguments, TrainingArguments),
         prog="moe-audio train",
-        usage="moe-audio train --model DIR --train_data FILE --output_dir DIR [options]",
+        usage="moe-audio train --model DIR --train_data DATA --output_dir DIR [options]",
         description=__doc__,
         epilog=f"--help-all lists every TrainingArguments flag; --debug shows the whole traceback of an error. {DASHES}",
         formatter_class=HelpFormatter,

@@ -1,6 +1,8 @@
 """Data for training, evaluation and the analyses.
 
 - `manifest`: JSONL manifests read and validated into a `datasets.Dataset` (`load_manifest`, `load_rows`).
+- `sources`: training data from datasets saved to disk, parquet files and folders, Hub ids, streamed or whole
+  (`load_training_data`), checked with the manifests' row check.
 - `conversation`: a row's conversation in normal form and the decoded chat the processor takes.
 - `audio`: audio files checked on disk, audio items decoded to 16 kHz mono float32.
 - `collator`: `MoEAudioDataCollator`, the training batches.

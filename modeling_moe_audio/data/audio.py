@@ -7,6 +7,7 @@ samples in one way, whichever road it comes by.
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -19,52 +20,71 @@ class BadRowError(ValueError):
     """A data row that cannot be used; the message names the row and the reason."""
 
 
-def resolve_audio_path(value: str, folder: Path) -> str:
+def resolve_audio_path(value: str, folder: Path | None) -> str:
     """Where a data file's audio path points: an absolute path as written; a relative one against the data file's
     `folder`, which it may not climb out of with `..` (so a manifest from elsewhere cannot reach any file of the
-    machine by a relative path). Links are followed: they are the user's own."""
+    machine by a relative path). Links are followed: they are the user's own. Data without a folder of its own (a
+    dataset streamed from the Hub) has absolute paths only."""
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path.resolve())
+    if folder is None:
+        raise BadRowError(f"audio path {value!r} is relative, and the data has no folder to find it in; store the "
+                          "audio in the dataset (a datasets.Audio column) or give absolute paths")
     if ".." in path.parts:
         raise BadRowError(f"audio path {value!r} climbs out of the data file's folder with '..'; give an absolute path "
                           "or one inside the folder")
     return str((folder / path).resolve())
 
 
-def _wav_shortfall(path: str | Path) -> float | None:
-    """For a WAV file whose data chunk is cut short, the fraction of the announced samples that is missing."""
-    with open(path, "rb") as file:
-        head = file.read(12)
-        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+def _wav_shortfall(file: BinaryIO, size: int) -> float | None:
+    """For a WAV file (`size` bytes long) whose data chunk is cut short, the fraction of the announced samples that
+    is missing."""
+    file.seek(0)
+    head = file.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    while chunk := file.read(8):
+        if len(chunk) < 8:
             return None
-        while chunk := file.read(8):
-            if len(chunk) < 8:
-                return None
-            size = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"data":
-                present = Path(path).stat().st_size - file.tell()
-                return 1 - present / size if 0 < present < size else None
-            file.seek(size + (size & 1), 1)
+        chunk_size = int.from_bytes(chunk[4:], "little")
+        if chunk[:4] == b"data":
+            present = size - file.tell()
+            return 1 - present / chunk_size if 0 < present < chunk_size else None
+        file.seek(chunk_size + (chunk_size & 1), 1)
     return None
+
+
+def _check_audio(file: BinaryIO, size: int, what: str, max_audio_seconds: float | None) -> None:
+    try:
+        info = soundfile.info(file)
+    except Exception as error:  # soundfile raises its own LibsndfileError and RuntimeError
+        reason = getattr(error, "error_string", None) or error  # libsndfile's words, without the file object's repr
+        raise BadRowError(f"{what} cannot be decoded ({reason})") from None
+    if info.frames == 0:
+        raise BadRowError(f"{what} is empty")
+    shortfall = _wav_shortfall(file, size)
+    if shortfall:
+        warnings.warn(f"{what} is truncated: {100 * shortfall:.0f}% of the samples its header announces "
+                      "are missing; only the rest is used.", stacklevel=3)
+    if max_audio_seconds is not None and info.duration > max_audio_seconds:
+        raise BadRowError(f"{what} lasts {info.duration:.1f} s, over the limit of {max_audio_seconds} s")
 
 
 def check_audio_file(path: str | Path, max_audio_seconds: float | None = None) -> None:
     """Raise `BadRowError` unless `path` is a decodable, non-empty audio file no longer than the limit."""
     if not Path(path).is_file():
         raise BadRowError(f"audio file {path} does not exist")
-    try:
-        info = soundfile.info(str(path))
-    except Exception as error:  # soundfile raises its own LibsndfileError and RuntimeError
-        raise BadRowError(f"audio file {path} cannot be decoded ({error})") from None
-    if info.frames == 0:
-        raise BadRowError(f"audio file {path} is empty")
-    shortfall = _wav_shortfall(path)
-    if shortfall:
-        warnings.warn(f"audio file {path} is truncated: {100 * shortfall:.0f}% of the samples its header announces "
-                      "are missing; only the rest is used.", stacklevel=2)
-    if max_audio_seconds is not None and info.duration > max_audio_seconds:
-        raise BadRowError(f"audio file {path} lasts {info.duration:.1f} s, over the limit of {max_audio_seconds} s")
+    with open(path, "rb") as file:
+        _check_audio(file, Path(path).stat().st_size, f"audio file {path}", max_audio_seconds)
+
+
+def check_audio_bytes(data: bytes, name: str, max_audio_seconds: float | None = None) -> None:
+    """The same checks for a clip stored in a dataset row (`datasets.Audio`'s bytes; `name`: its file name)."""
+    what = f"audio {name} (bytes stored in the row)"
+    if not data:
+        raise BadRowError(f"{what} is empty")
+    _check_audio(io.BytesIO(data), len(data), what, max_audio_seconds)
 
 
 def decode_audio_item(item, index: int = 0) -> np.ndarray:

@@ -2,20 +2,22 @@
 
 Normal form (what `load_manifest` stores): a list of messages `{"role", "content"}` whose content is a list of
 blocks `{"type": "text", "text": ..., "path": None}` or `{"type": "audio", "text": None, "path": ...}`, the audio
-in the order it is heard. A row's `audio` column holds one item per audio block, in the same order.
+in the order it is heard. A row's `audio` column holds one item per audio block, in the same order (a path, or a
+`datasets.Audio` dict; the block's `path` then names the clip).
 """
 
-from pathlib import Path
+from collections.abc import Callable
 
 from ..processing_moe_audio import SAMPLING_RATE
-from .audio import BadRowError, decode_audio_item, resolve_audio_path
+from .audio import BadRowError, decode_audio_item
 
 
 def row_conversation(row: dict) -> list[dict]:
-    """A manifest row's conversation: its own, or one built from `audio` + `prompt` + `response`."""
+    """A manifest row's conversation: its own, or one built from `audio` (one item or a list: paths or
+    `datasets.Audio` dicts, each an audio block's `path` until `normal_form` resolves it) + `prompt` + `response`."""
     if "conversation" in row:
         return row["conversation"]
-    audio = [row["audio"]] if isinstance(row["audio"], str) else list(row["audio"])
+    audio = list(row["audio"]) if isinstance(row["audio"], list) else [row["audio"]]
     return [
         {"role": "user", "content": [{"type": "audio", "path": path} for path in audio]
          + [{"type": "text", "text": row["prompt"]}]},
@@ -23,8 +25,9 @@ def row_conversation(row: dict) -> list[dict]:
     ]
 
 
-def normal_form(conversation: list[dict], audio_folder: Path) -> list[dict]:
-    """The conversation in normal form, audio paths made absolute against `audio_folder`."""
+def normal_form(conversation: list[dict], resolve_audio: Callable[[object], str]) -> list[dict]:
+    """The conversation in normal form, each audio block's `path` replaced by `resolve_audio(path)`, called in the
+    order the audio is heard."""
     messages = []
     for message in conversation:
         content = message["content"]
@@ -32,7 +35,7 @@ def normal_form(conversation: list[dict], audio_folder: Path) -> list[dict]:
             content = [{"type": "text", "text": content}]
         blocks = []
         for block in content:
-            path = resolve_audio_path(block["path"], audio_folder) if block.get("type") == "audio" else None
+            path = resolve_audio(block.get("path")) if block.get("type") == "audio" else None
             blocks.append({"type": block["type"], "text": block.get("text"), "path": path})
         messages.append({"role": message["role"], "content": blocks})
     return messages

@@ -21,8 +21,8 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from .audio import BadRowError, check_audio_file
-from .conversation import audio_blocks, normal_form, row_conversation
+from .audio import BadRowError, check_audio_bytes, check_audio_file, resolve_audio_path
+from .conversation import normal_form, row_conversation
 
 
 @dataclass
@@ -80,7 +80,8 @@ def _check_text(text, where: str) -> None:
                           "its placeholder text, and leave chat markup to the template")
 
 
-def _check_message(message, index: int) -> None:
+def _check_message(message, index: int) -> int:
+    """Check one message; returns how many of its audio blocks have no path (they take the row's `audio` clips)."""
     if not isinstance(message, dict) or "role" not in message or "content" not in message:
         raise BadRowError(f"message {index} needs 'role' and 'content'")
     role, content = message["role"], message["content"]
@@ -88,9 +89,10 @@ def _check_message(message, index: int) -> None:
         raise BadRowError(f"message {index} has role {role!r}; use one of {', '.join(ROLES)}")
     if isinstance(content, str):
         _check_text(content, f"message {index}'s content")
-        return
+        return 0
     if not isinstance(content, list) or not content:
         raise BadRowError(f"message {index}'s content must be a string or a non-empty list of blocks")
+    pathless = 0
     for block in content:
         if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
             raise BadRowError(f"message {index} has a block that is not {{'type': 'text' | 'audio', ...}}: {block!r}")
@@ -98,8 +100,26 @@ def _check_message(message, index: int) -> None:
             _check_text(block.get("text"), f"a text block of message {index}")
         elif role != "user":
             raise BadRowError(f"message {index} ({role}) holds audio; audio goes in user messages only")
-        elif not isinstance(block.get("path"), str) or not block["path"]:
+        elif block.get("path") is None:
+            pathless += 1
+        elif not isinstance(block["path"], str) or not block["path"]:
             raise BadRowError("an audio block in a manifest needs a 'path' (a string)")
+    return pathless
+
+
+def _is_audio_item(value) -> bool:
+    """A path, or a `datasets.Audio(decode=False)` dict (`{"path", "bytes"}`: the bytes or the path present)."""
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, dict) and (isinstance(value.get("bytes"), bytes)
+                                        or (isinstance(value.get("path"), str) and bool(value["path"])))
+
+
+def _audio_clips(audio) -> list:
+    """A row's `audio`: one clip or a non-empty list of clips, as a list."""
+    if not (_is_audio_item(audio) or (isinstance(audio, list) and audio and all(_is_audio_item(a) for a in audio))):
+        raise BadRowError("'audio' must be a path or a non-empty list of paths (or of datasets.Audio items)")
+    return audio if isinstance(audio, list) else [audio]
 
 
 def _check_schema(row) -> None:
@@ -109,17 +129,20 @@ def _check_schema(row) -> None:
         conversation = row["conversation"]
         if not isinstance(conversation, list) or not conversation:
             raise BadRowError("'conversation' must be a non-empty list of messages")
-        for index, message in enumerate(conversation):
-            _check_message(message, index)
+        pathless = sum(_check_message(message, index) for index, message in enumerate(conversation))
         if not any(message["role"] == "assistant" for message in conversation):
             raise BadRowError("the conversation has no assistant message to learn from")
+        if pathless and row.get("audio") is None:
+            raise BadRowError("an audio block in a manifest needs a 'path' (a string), or the row's 'audio' holds "
+                              "the clips of the blocks without one, in order")
+        if pathless and len(_audio_clips(row["audio"])) != pathless:
+            raise BadRowError(f"the conversation has {pathless} audio blocks without a path but 'audio' holds "
+                              f"{len(_audio_clips(row['audio']))} clips; give one clip per block, in order")
         return
     missing = [key for key in ("audio", "prompt", "response") if key not in row]
     if missing:
         raise BadRowError(f"has neither 'conversation' nor all of 'audio', 'prompt', 'response' (missing {missing})")
-    audio = row["audio"]
-    if not (isinstance(audio, str) or (isinstance(audio, list) and audio and all(isinstance(a, str) for a in audio))):
-        raise BadRowError("'audio' must be a path or a non-empty list of paths")
+    _audio_clips(row["audio"])
     if not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
         raise BadRowError("'prompt' and 'response' must be strings")
     _check_text(row["prompt"], "'prompt'")
@@ -138,6 +161,47 @@ def _check_columns(row: dict, column_types: dict, label: str) -> None:
             column_types[key] = (kind, label)
 
 
+ROW_KEYS = ("audio", "prompt", "response", "conversation")
+
+
+def checked_row(row, folder: Path | None, max_audio_seconds: float | None = 600.0, check_audio: bool = True) -> dict:
+    """A row (a manifest's object, or a dataset row with the same keys; in a conversation, audio blocks without a
+    path take the row's `audio` clips, in order) in normal form, `{"conversation", "audio",
+    **other keys}`, after every check: its schema (roles, block types, audio in user messages only, no special
+    tokens in its text) and, with `check_audio`, each clip (a file, see `resolve_audio_path` for where it may be,
+    or a `datasets.Audio` item's bytes: it must decode, hold samples and last at most `max_audio_seconds`). A bad
+    row raises `BadRowError` with the reason. `audio` holds each clip's absolute path (a `{"path", "bytes"}` dict
+    for bytes stored in the row), in the order the audio is heard; nothing is decoded here."""
+    _check_schema(row)
+    audio = []
+    # In a conversation, audio blocks without a path take the row's `audio` clips in order (as datasets hold them).
+    clips = iter(row["audio"] if isinstance(row.get("audio"), list) else [row.get("audio")])
+
+    def resolve(item) -> str:
+        if item is None:
+            item = next(clips)
+        if isinstance(item, dict) and item.get("bytes") is not None:
+            name = item.get("path") or f"clip {len(audio) + 1}"
+            if check_audio:
+                check_audio_bytes(item["bytes"], name, max_audio_seconds)
+            audio.append({"path": item.get("path"), "bytes": item["bytes"]})
+            return name
+        path = resolve_audio_path(item["path"] if isinstance(item, dict) else item, folder)
+        if check_audio:
+            check_audio_file(path, max_audio_seconds)
+        audio.append(path)
+        return path
+
+    conversation = normal_form(row_conversation(row), resolve)
+    return {"conversation": conversation, "audio": audio, **{k: v for k, v in row.items() if k not in ROW_KEYS}}
+
+
+def bad_row_error(where: str, error: BadRowError) -> BadRowError:
+    """The error that stops a run at a bad row: where it is, the reason, and the way out."""
+    return BadRowError(f"{where}: {error}. Fix the row, or pass skip_bad_rows=True (--skip_bad_rows) to leave bad rows "
+                       "out.")
+
+
 def load_manifest(
     path: str | Path,
     max_audio_seconds: float = 600.0,
@@ -145,12 +209,10 @@ def load_manifest(
 ) -> tuple[datasets.Dataset, ManifestReport]:
     """Read and validate a JSONL manifest into a `datasets.Dataset` with `conversation` and `audio` columns.
 
-    Every row is checked here, before any training step: its schema (roles, block types, audio in user messages
-    only, no special tokens in its text), its extra columns' types, and every audio file (see `resolve_audio_path`
-    for where audio may be; it must decode, hold samples and last at most `max_audio_seconds`). A bad row is an
-    error naming its line and the reason, or, with `skip_bad_rows=True`, is left out and counted in the report.
-    `audio` holds each row's audio file paths (absolute), in the order the audio appears in the conversation;
-    nothing is decoded here, so the dataset stays small and works without torchcodec.
+    Every row is checked here, before any training step (`checked_row`), and so are its extra columns' types. A bad
+    row is an error naming its line and the reason, or, with `skip_bad_rows=True`, is left out and counted in the
+    report. `audio` holds each row's audio file paths (absolute), in the order the audio appears in the
+    conversation; nothing is decoded here, so the dataset stays small and works without torchcodec.
     """
     path = Path(path)
     rows, report, column_types = [], ManifestReport(), {}
@@ -158,21 +220,15 @@ def load_manifest(
         try:
             if isinstance(row, BadRowError):
                 raise row
-            _check_schema(row)
-            conversation = normal_form(row_conversation(row), path.parent)
-            audio = [block["path"] for block in audio_blocks(conversation)]
-            for audio_path in audio:
-                check_audio_file(audio_path, max_audio_seconds)
-            extra = {k: v for k, v in row.items() if k not in ("audio", "prompt", "response", "conversation")}
-            _check_columns(extra, column_types, label)
+            checked = checked_row(row, path.parent, max_audio_seconds)
+            _check_columns({k: v for k, v in checked.items() if k not in ("conversation", "audio")}, column_types,
+                           label)
         except BadRowError as error:
-            message = f"{path}, {label}: {error}"
             if not skip_bad_rows:
-                raise BadRowError(f"{message}. Fix the row, or pass skip_bad_rows=True (--skip_bad_rows) to leave bad "
-                                  "rows out.") from None
-            report.skipped.append(message)
+                raise bad_row_error(f"{path}, {label}", error) from None
+            report.skipped.append(f"{path}, {label}: {error}")
             continue
-        rows.append({"conversation": conversation, "audio": audio, **extra})
+        rows.append(checked)
     if not rows:
         raise ValueError(f"Manifest {path} has no usable rows ({len(report.skipped)} left out).")
     report.kept = len(rows)

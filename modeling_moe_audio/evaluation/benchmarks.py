@@ -47,6 +47,11 @@ exported from ``hlt-lab/voicebench`` (configs ``mmsu`` and ``openbookqa``) with 
   contains ``mmsu``, ``openbookqa`` or ``obqa``, else ``voicebench``; or the loader's ``benchmark=`` argument).
   The item's task is the benchmark, so a file mixing MMSU and OpenBookQA rows is broken down per benchmark.
 
+**Datasets**: the same rows may come as a dataset instead of a file: a folder saved with `save_to_disk`, a parquet
+file or folder, or a Hub dataset id (`split`: its split, none given: the only one, else ``test``; see
+`modeling_moe_audio.data.sources`). The audio field may then be a `datasets.Audio` column, read as ``{"path",
+"bytes"}`` without decoding; rows are named ``row N`` (0-based).
+
 `format="auto"` (`load_items`) looks at the first row: ``audio_id`` with ``choices`` and ``answer`` is MMAU;
 ``audio``/``audio_path`` with ``prompt``/``question``/``text`` is VoiceBench.
 """
@@ -58,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..data.audio import BadRowError, check_audio_file, resolve_audio_path
+from ..data.audio import BadRowError, check_audio_bytes, check_audio_file, resolve_audio_path
 from ..data.manifest import read_json_rows
 from .answers import LETTERS, normalize_text, parse_options
 
@@ -68,7 +73,7 @@ class QAItem:
     """One multiple-choice question about one audio clip, whatever benchmark it comes from."""
 
     id: str
-    audio: str  # absolute path of the clip
+    audio: str | dict  # absolute path of the clip, or a `datasets.Audio` item `{"path", "bytes"}` of a dataset
     question: str  # the question's text (for VoiceBench: the spoken question without its options)
     options: list[str]
     answer_index: int  # index of the correct option in `options`
@@ -86,19 +91,29 @@ class QAItem:
         return LETTERS[self.answer_index]
 
 
-def _read_rows(path: Path) -> list[tuple[str, object]]:
-    """(row label, parsed row) for a JSON list or a JSONL file (`read_json_rows`); no rows at all is an error."""
+def _read_rows(source: str | Path, split: str | None = None):
+    """((row label, parsed row) for each row, the folder relative audio paths are in): a JSON list or a JSONL file
+    (`read_json_rows`), or the same rows as a dataset (saved to disk, parquet, a Hub id: `data.sources.dataset_rows`,
+    read as needed; `split`: its split, none given: the only one, else `test`). No rows at all is an error."""
+    path = Path(source)
+    if not path.is_file() or path.suffix == ".parquet":
+        from ..data.sources import dataset_rows  # datasets: not for `moe-audio evaluate --help`
+
+        return dataset_rows(source, split, default_split="test", what="Benchmark data")
     rows = read_json_rows(path, what="Benchmark file")
     if not rows:
         raise ValueError(f"Benchmark file {path} has no rows.")
-    return rows
+    return rows, path.parent
 
 
 def _first(row: dict, keys: tuple[str, ...]):
     return next((row[key] for key in keys if row.get(key) is not None), None)
 
 
-def _resolve_audio(value, folder: Path) -> str:
+def _resolve_audio(value, folder: Path | None) -> str | dict:
+    if isinstance(value, dict) and value.get("bytes") is not None:  # a `datasets.Audio` item holding the clip
+        check_audio_bytes(value["bytes"], value.get("path") or "clip")
+        return {"path": value.get("path"), "bytes": value["bytes"]}
     if isinstance(value, dict):
         value = value.get("path")
     if not isinstance(value, str) or not value:
@@ -116,10 +131,10 @@ def _check_options(options) -> list[str]:
     return [option.strip() for option in options]
 
 
-def _load(path, limit, parse_row) -> list[QAItem]:
-    path = Path(path)
+def _load(path, limit, parse_row, split=None) -> list[QAItem]:
+    rows, folder = _read_rows(path, split)
     items = []
-    for label, row in _read_rows(path):
+    for label, row in rows:
         if limit is not None and len(items) >= limit:
             break
         row_id = row.get("id", row.get("question_id")) if isinstance(row, dict) else None
@@ -129,7 +144,7 @@ def _load(path, limit, parse_row) -> list[QAItem]:
                 raise row
             if not isinstance(row, dict):
                 raise BadRowError("is not a JSON object")
-            items.append(parse_row(row, label, path))
+            items.append(parse_row(row, label, folder))
         except BadRowError as error:
             raise BadRowError(f"{where}: {error}") from None
     if not items:
@@ -137,7 +152,7 @@ def _load(path, limit, parse_row) -> list[QAItem]:
     return items
 
 
-def _mmau_row(row: dict, label: str, path: Path) -> QAItem:
+def _mmau_row(row: dict, label: str, folder: Path | None) -> QAItem:
     missing = [key for key in ("audio_id", "question", "choices", "answer") if row.get(key) is None]
     if missing:
         raise BadRowError(f"missing MMAU field(s) {missing} (needs audio_id, question, choices, answer)")
@@ -155,7 +170,7 @@ def _mmau_row(row: dict, label: str, path: Path) -> QAItem:
     audio_text = _first(row, ("audio_text", "transcript"))
     return QAItem(
         id=str(row.get("id", f"mmau-{label.split()[-1]}")),
-        audio=_resolve_audio(row["audio_id"], path.parent),
+        audio=_resolve_audio(row["audio_id"], folder),
         question=row["question"].strip(),
         options=options,
         answer_index=matches[0],
@@ -168,9 +183,10 @@ def _mmau_row(row: dict, label: str, path: Path) -> QAItem:
     )
 
 
-def load_mmau(path: str | Path, limit: int | None = None) -> list[QAItem]:
-    """MMAU items from a JSON list or JSONL file (schema in the module docstring); `limit`: the first N rows."""
-    return _load(path, limit, _mmau_row)
+def load_mmau(path: str | Path, limit: int | None = None, split: str | None = None) -> list[QAItem]:
+    """MMAU items from a JSON list or JSONL file, or a dataset (schema in the module docstring); `limit`: the first
+    N rows."""
+    return _load(path, limit, _mmau_row, split)
 
 
 def _letter_index(value: str, num_options: int) -> int | None:
@@ -181,7 +197,7 @@ def _letter_index(value: str, num_options: int) -> int | None:
 
 
 def _voicebench_row(benchmark: str):
-    def parse(row: dict, label: str, path: Path) -> QAItem:
+    def parse(row: dict, label: str, folder: Path | None) -> QAItem:
         audio = _first(row, ("audio", "audio_path"))
         text = _first(row, ("prompt", "question", "text"))
         reference = _first(row, ("reference", "answer"))
@@ -213,7 +229,7 @@ def _voicebench_row(benchmark: str):
         name = str(row.get("benchmark") or benchmark)
         return QAItem(
             id=str(row.get("id", row.get("question_id", f"{name}-{label.split()[-1]}"))),
-            audio=_resolve_audio(audio, path.parent),
+            audio=_resolve_audio(audio, folder),
             question=question or text,
             options=options,
             answer_index=answer_index,
@@ -237,15 +253,19 @@ def _benchmark_from_name(path: Path) -> str:
     return "voicebench"
 
 
-def load_voicebench(path: str | Path, benchmark: str | None = None, limit: int | None = None) -> list[QAItem]:
-    """VoiceBench MMSU / OpenBookQA items from JSONL (or a JSON list); schema in the module docstring."""
-    path = Path(path)
-    return _load(path, limit, _voicebench_row(benchmark or _benchmark_from_name(path)))
+def load_voicebench(path: str | Path, benchmark: str | None = None, limit: int | None = None,
+                    split: str | None = None) -> list[QAItem]:
+    """VoiceBench MMSU / OpenBookQA items from JSONL (or a JSON list), or a dataset; schema in the module docstring."""
+    return _load(path, limit, _voicebench_row(benchmark or _benchmark_from_name(Path(path))), split)
 
 
-def detect_format(path: str | Path) -> str:
-    """`mmau` or `voicebench`, from the keys of the file's first row."""
-    label, row = _read_rows(Path(path))[0]
+def detect_format(path: str | Path, split: str | None = None) -> str:
+    """`mmau` or `voicebench`, from the keys of the file's (or dataset's) first row."""
+    rows, _ = _read_rows(path, split)
+    first = next(iter(rows), None)
+    if first is None:
+        raise ValueError(f"Benchmark data {path} has no rows.")
+    label, row = first
     if isinstance(row, dict):
         if "audio_id" in row and "choices" in row and "answer" in row:
             return "mmau"
@@ -258,11 +278,13 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def load_items(path: str | Path, format: str = "auto", limit: int | None = None) -> list[QAItem]:
-    """Items from a local benchmark file: `format` is `mmau`, `voicebench` or `auto` (from the first row)."""
-    format = detect_format(path) if format == "auto" else format
+def load_items(path: str | Path, format: str = "auto", limit: int | None = None,
+               split: str | None = None) -> list[QAItem]:
+    """Items from a local benchmark file or a dataset (`split`: its split): `format` is `mmau`, `voicebench` or
+    `auto` (from the first row)."""
+    format = detect_format(path, split) if format == "auto" else format
     if format == "mmau":
-        return load_mmau(path, limit=limit)
+        return load_mmau(path, limit=limit, split=split)
     if format == "voicebench":
-        return load_voicebench(path, limit=limit)
+        return load_voicebench(path, limit=limit, split=split)
     raise ValueError(f"Unknown format {format!r}: use mmau, voicebench or auto.")

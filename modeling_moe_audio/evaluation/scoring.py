@@ -166,8 +166,9 @@ def run_evaluation(
     dtype: str = "auto",
     progress: bool = True,
     overwrite: bool = False,
+    split: str | None = None,
 ) -> dict:
-    """Load the checkpoint `model` (trust_remote_code) and the benchmark file `data`, evaluate, and write the report
+    """Load the checkpoint `model` (trust_remote_code) and the benchmark file or dataset `data` (`split`: its split), evaluate, and write the report
     (`write_report`) into `output_dir` when one is given.
 
     `format`: mmau, voicebench or auto (from the first row); `limit`: the first N items; `text_only_gap`: also the
@@ -183,8 +184,8 @@ def run_evaluation(
         output_dir = check_output_dir(output_dir, overwrite)  # before the long part: a finished report is kept
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"The batch size and the limit must be positive (got {batch_size} and {limit}).")
-    format = detect_format(data) if format == "auto" else format
-    items = load_items(data, format, limit=limit)
+    format = detect_format(data, split) if format == "auto" else format
+    items = load_items(data, format, limit=limit, split=split)
     if text_only_gap and not any(item.audio_text for item in items):
         raise ValueError(f"text-only gap: no item of {data} carries a text form of its audio "
                          "(MMAU has none; VoiceBench rows do).")

@@ -1,4 +1,5 @@
-"""Fine-tuning with the Hugging Face `Trainer` on JSONL manifests: `train(script_args, training_args)`.
+"""Fine-tuning with the Hugging Face `Trainer` on manifests or datasets (`data.sources`): `train(script_args,
+training_args)`.
 
 `MoEAudioTrainArguments` holds what is ours (the data, the stage, LoRA, the aux-loss schedule); every
 `TrainingArguments` field works beside it. `paper_training_arguments(output_dir, ...)` gives the paper's defaults:
@@ -19,7 +20,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..checkpoints.loading import load_checkpoint
 
 from ..data.collator import MoEAudioDataCollator
-from ..data.manifest import load_manifest, load_rows
+from ..data.manifest import load_rows
+from ..data.sources import DataColumns, load_training_data
 from ..checkpoints.model_card import write_model_card
 from ..output_dirs import check_output_dir, resumes_run_in
 from .callbacks import AuxLossSchedule, GradientConflictCallback, LossCurveCallback, MoEAuxLossCallback
@@ -41,8 +43,22 @@ PAPER_DEFAULTS = {
 @dataclass
 class MoEAudioTrainArguments:
     model: str = field(metadata={"help": "checkpoint directory (model + processor), e.g. from `moe-audio init`"})
-    train_data: str = field(metadata={"help": "JSONL manifest of the training examples"})
-    eval_data: str | None = field(default=None, metadata={"help": "JSONL manifest evaluated during training"})
+    train_data: str = field(metadata={
+        "help": "the training examples: a JSONL manifest, a dataset saved with save_to_disk, a parquet file or a folder "
+                "of them, or a Hub dataset id"})
+    eval_data: str | None = field(default=None, metadata={"help": "examples evaluated during training (as --train_data)"})
+    split: str | None = field(default=None, metadata={
+        "help": "split of --train_data (dataset dicts, folders, Hub ids); none given: the only one, else 'train'"})
+    eval_split: str | None = field(default=None, metadata={
+        "help": "split of --eval_data; none given: the only one, else 'validation'"})
+    audio_column: str = field(default="audio", metadata={
+        "help": "dataset column of each row's clip or list of clips (datasets.Audio or paths)"})
+    prompt_column: str = field(default="prompt", metadata={"help": "dataset column of the prompt text"})
+    response_column: str = field(default="response", metadata={"help": "dataset column of the answer text"})
+    conversation_column: str = field(default="conversation", metadata={
+        "help": "dataset column of whole conversations (a manifest's 'conversation'), used instead where not null"})
+    streaming: bool = field(default=False, metadata={
+        "help": "stream the data (never loaded whole; rows checked as they are read); needs --max_steps"})
     stage: str = field(default="adapter", metadata={"help": f"what trains: one of {STAGES}"})
     train_encoder: bool = field(default=False, metadata={"help": "also train the Whisper encoder"})
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank (stage lora)"})
@@ -62,17 +78,27 @@ class MoEAudioTrainArguments:
     )
     gradient_analysis_every: int = field(default=50, metadata={"help": "steps between gradient analyses"})
     max_audio_seconds: float = field(default=600.0, metadata={"help": "rows with longer audio are bad rows"})
-    skip_bad_rows: bool = field(default=False, metadata={"help": "leave bad manifest rows out instead of failing"})
+    skip_bad_rows: bool = field(default=False, metadata={"help": "leave bad data rows out instead of failing"})
     overwrite: bool = field(
         default=False, metadata={"help": "write into a non-empty --output_dir (replacing what a run saved there)"}
     )
 
 
-def _checked_manifest(role: str, path: str, script_args: MoEAudioTrainArguments):
-    dataset, report = load_manifest(path, script_args.max_audio_seconds, script_args.skip_bad_rows)
-    if report.skipped:
+def _checked_data(role: str, script_args: MoEAudioTrainArguments):
+    """The training or evaluation rows, checked (as they stream, with --streaming); the bad rows left out listed."""
+    training = role == "training"
+    columns = DataColumns(script_args.audio_column, script_args.prompt_column, script_args.response_column,
+                          script_args.conversation_column)
+    dataset, report = load_training_data(
+        script_args.train_data if training else script_args.eval_data, columns,
+        split=script_args.split if training else script_args.eval_split,
+        default_split="train" if training else "validation", split_flag="--split" if training else "--eval_split",
+        streaming=script_args.streaming, max_audio_seconds=script_args.max_audio_seconds,
+        skip_bad_rows=script_args.skip_bad_rows,
+    )
+    if report.skipped and not script_args.streaming:  # a stream logs each as it reaches it
         print(f"left out {len(report.skipped)} bad {role} rows (--skip_bad_rows):", *report.skipped, sep="\n  ")
-    return dataset
+    return dataset, report
 
 
 STAGING_PREFIX = ".saving-"  # saves are written under this name, then renamed into place
@@ -130,8 +156,11 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
             f"{processor.max_audio_seconds} s, so longer rows would pass the check and fail mid-epoch; use at most "
             f"{processor.max_audio_seconds} (or save the processor with a higher max_audio_seconds)."
         )
-    train_dataset = _checked_manifest("training", script_args.train_data, script_args)
-    eval_dataset = _checked_manifest("evaluation", script_args.eval_data, script_args) if script_args.eval_data else None
+    if script_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a streamed dataset has no length, so the number of steps "
+                         "cannot come from --num_train_epochs.")
+    train_dataset, train_report = _checked_data("training", script_args)
+    eval_dataset = _checked_data("evaluation", script_args)[0] if script_args.eval_data else None
 
     if training_args.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in (
         training_args.lr_scheduler_kwargs or {}
@@ -153,6 +182,7 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
         data_collator=MoEAudioDataCollator(processor),
         processing_class=processor,
     )
+    trainer.train_data_report = train_report  # a stream's counts grow as training reads it
     coef = script_args.aux_loss_coef if script_args.aux_loss_coef is not None else model.config.router_aux_loss_coef
     MoEAuxLossCallback.install(
         trainer,
@@ -196,11 +226,21 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
     return (
         f"Trained with `moe-audio train` from `{_public_name(script_args.model)}`: stage `{script_args.stage}`"
         f"{' with the encoder' if script_args.train_encoder else ''}, {trainer.state.global_step} optimizer steps "
-        f"on {len(trainer.train_dataset)} examples of `{Path(script_args.train_data).name}`, learning rate "
+        f"on {_examples(script_args, trainer)} of `{_public_name(script_args.train_data)}`, learning rate "
         f"{trainer.args.learning_rate} ({_scheduler_name(trainer.args.lr_scheduler_type)}), AdamW betas ({trainer.args.adam_beta1}, "
         f"{trainer.args.adam_beta2}){final_loss}."
         + (f" Validation loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else "")
     )
+
+
+def _examples(script_args: MoEAudioTrainArguments, trainer: Trainer) -> str:
+    report = trainer.train_data_report
+    if not script_args.streaming:
+        return f"{len(trainer.train_dataset)} examples"
+    if trainer.args.dataloader_num_workers > 0:  # the rows were checked, and counted, in the loader's processes
+        return "a stream"
+    left_out = f", {len(report.skipped)} bad rows left out" if report.skipped else ""
+    return f"a stream ({report.kept} checked rows read{left_out})"
 
 
 def _public_name(model: str) -> str:
@@ -219,7 +259,19 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
     # The Trainer's own pushes leave out the model code (and race with checkpoint writes): publish once, at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(script_args, training_args)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    def empty_stream() -> ValueError:
+        return ValueError(f"Training data {script_args.train_data} streamed no usable rows "
+                          f"({len(trainer.train_data_report.skipped)} left out, listed above).")
+
+    try:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except ValueError:  # accelerate's own words for a stream that yields nothing ("Batch does not contain any data")
+        report = trainer.train_data_report
+        if script_args.streaming and report.kept == 0 and report.skipped:
+            raise empty_stream() from None
+        raise
+    if script_args.streaming and trainer.state.global_step == 0:
+        raise empty_stream()
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
