@@ -132,20 +132,28 @@ def plan_lora(
 def add_lora(model, rank: int = 16, alpha: int = 32, dropout: float | None = None, target_modules: str | None = None,
              targets: str = "llm", target_parameters: Sequence[str] | None = None):
     """Wrap `model` in PEFT's LoRA where `targets` says (see `plan_lora`): the language model's projections, the MoE
-    adapter's expert weights (PEFT's `target_parameters` on their 3D tensors), or both."""
+    adapter's expert weights (PEFT's `target_parameters` on their 3D tensors), or both. An encoder that `apply_stage`
+    left trainable (`train_encoder=True`) trains in full too, its position table fixed."""
     from peft import LoraConfig, get_peft_model
 
     plan = plan_lora(model, targets, target_modules, target_parameters, dropout)
+    inner = model.model if hasattr(model, "model") else model
+    # PEFT freezes all it does not wrap or save: an encoder meant to train must be saved in full to stay trainable.
+    train_encoder = any(parameter.requires_grad for parameter in inner.audio_tower.parameters())
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=plan.dropout,
         target_modules=plan.target_modules,
         target_parameters=list(plan.target_parameters) or None,
-        modules_to_save=list(plan.modules_to_save),
+        modules_to_save=[*plan.modules_to_save, *(["audio_tower"] if train_encoder else [])],
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    for name, parameter in peft_model.named_parameters():
+        if ".audio_tower." in name and name.endswith(".embed_positions.weight"):  # fixed by design, see apply_stage
+            parameter.requires_grad_(False)
+    return peft_model
 
 
 def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
