@@ -256,3 +256,29 @@ def test_expert_lora_checkpoint_loads_without_the_package(tiny_checkpoint, corpu
         cwd=tmp_path,
     )
     assert printed.strip().endswith("OK")
+
+
+def test_expert_lora_logs_routing_and_balances_the_router_that_runs(corpus, tmp_path):
+    """With the experts LoRA-wrapped, PEFT saves the router whole (a trained copy beside the frozen original): the
+    callback's counts and the auxiliary-loss-free bias follow the copy, which the merged model keeps."""
+    from modeling_moe_audio.checkpoints.build import init_checkpoint
+    from modeling_moe_audio.presets import load_config, shipped_tokenizer
+    from modeling_moe_audio.training.trainer import build_trainer
+
+    from helpers import parse_train_args
+
+    checkpoint = tmp_path / "init"
+    init_checkpoint(load_config("tiny-4s", router_selection_bias=True), checkpoint,
+                    tokenizer=shipped_tokenizer("tiny-4s"))
+    trainer = build_trainer(*parse_train_args(checkpoint, corpus, tmp_path / "run", "--max_steps", "4", "--stage",
+                                              "lora", "--lora_targets", "experts", "--lora_rank", "4",
+                                              "--logging_steps", "2", "--bias_update_rate", "0.01"))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "moe/expert_share/e0" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert all(entry["moe/aux_loss"] >= 4.0 - 1e-6 for entry in logged)
+    router = trainer.model.base_model.model.model.adapter.router
+    trained, frozen = router.modules_to_save["default"], router.original_module
+    assert torch.count_nonzero(trained.selection_bias) > 0 and torch.count_nonzero(frozen.selection_bias) == 0
+    merged = trainer.model.merge_and_unload()
+    torch.testing.assert_close(merged.model.adapter.router.selection_bias, trained.selection_bias)
