@@ -224,6 +224,7 @@ def test_train_command_saves_a_lora_checkpoint_that_reloads_and_merges(targets, 
         final = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True).eval()
         torch.testing.assert_close(final(**batch).logits, expected, rtol=1e-5, atol=1e-5)
 
+    assert f"stage `lora` (LoRA on `{targets}`)" in (output / "README.md").read_text()  # the model card says so
     original = dict(AutoModelForCausalLM.from_pretrained(tiny_checkpoint, trust_remote_code=True).named_parameters())
     changed = {name for name, parameter in final.named_parameters() if not torch.equal(parameter, original[name])}
     assert any(".adapter.experts." in name for name in changed)  # through LoRA, or trained in full

@@ -207,6 +207,7 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
     final_loss = f", last logged training loss {losses[-1]:.4f}" if losses else ""
     return (
         f"Trained with `moe-audio train` from `{_public_name(script_args.model)}`: stage `{script_args.stage}`"
+        f"{f' (LoRA on `{script_args.lora_targets}`)' if script_args.stage == 'lora' else ''}"
         f"{' with the encoder' if script_args.train_encoder else ''}, {trainer.state.global_step} optimizer steps "
         f"on {len(trainer.train_dataset)} examples of `{Path(script_args.train_data).name}`, learning rate "
         f"{trainer.args.learning_rate} ({_scheduler_name(trainer.args.lr_scheduler_type)}), AdamW betas ({trainer.args.adam_beta1}, "
