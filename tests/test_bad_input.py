@@ -856,6 +856,31 @@ TRAINING_ROWS = [
         manifest_rows=(GOOD_ROW, GOOD_ROW, {**GOOD_ROW, "audio": "gone.wav"})),
         check=lambda trainer: trainer.eval_dataset is not None and len(trainer.eval_dataset) == 2),
     Row("--streaming without --max_steps", training_run("--streaming"), ValueError, "--streaming needs --max_steps"),
+    Row("an unknown LoRA target preset", training_run("--stage", "lora", "--lora_targets", "attention"), ValueError,
+        "Unknown --lora_targets 'attention': use one of llm, experts, llm+experts"),
+    Row("a LoRA parameter name that matches nothing", training_run("--stage", "lora", "--lora_targets", "experts",
+        "--lora_target_parameters", "adapter.experts.gate_proj"), ValueError,
+        "'adapter.experts.gate_proj' matches no parameter of the adapter's experts: name their weights, "
+        "adapter.experts.up_proj and/or adapter.experts.down_proj"),
+    Row("a LoRA parameter outside the experts", training_run("--stage", "lora", "--lora_targets", "experts",
+        "--lora_target_parameters", "router.weight"), ValueError,
+        "'router.weight' names model.adapter.router.weight, not the adapter's experts"),
+    Row("LoRA expert weights without the experts targeted", training_run("--stage", "lora",
+        "--lora_target_parameters", "adapter.experts.up_proj"), ValueError,
+        "--lora_targets llm puts no LoRA on the experts: use --lora_targets experts or llm+experts"),
+    Row("LoRA LLM modules without the LLM targeted", training_run("--stage", "lora", "--lora_targets", "experts",
+        "--lora_target_modules", ".*q_proj"), ValueError,
+        "--lora_targets experts puts no LoRA on the language model: use --lora_targets llm+experts"),
+    Row("a LoRA module regex that matches nothing", training_run("--stage", "lora", "--lora_target_modules", "q_proj"),
+        ValueError, "'q_proj' matches no module outside the frontend and adapter"),
+    Row("a LoRA module regex that only reaches the adapter", training_run("--stage", "lora", "--lora_target_modules",
+        r".*adapter.*\.up_proj"), ValueError, "matches no module outside the frontend and adapter"),
+    Row("a LoRA module pattern that is no regex", training_run("--stage", "lora", "--lora_target_modules", "(q_proj"),
+        ValueError, "'(q_proj' is not a regular expression"),
+    Row("LoRA dropout on the experts", training_run("--stage", "lora", "--lora_targets", "llm+experts",
+        "--lora_dropout", "0.1"), ValueError, "has no dropout. Pass --lora_dropout 0"),
+    Row("LoRA dropout 0 on the experts", training_run("--stage", "lora", "--lora_targets", "llm+experts",
+        "--lora_dropout", "0"), check=lambda trainer: trainer.model.peft_config["default"].lora_dropout == 0.0),
     Row("a NaN aux-loss coefficient", schedule(coef=math.nan), ValueError, "aux-loss coefficients must be >= 0"),
     Row("a negative decay target", schedule(coef=0.01, decay_to=-1.0), ValueError, "aux-loss coefficients"),
     Row("negative warm-up steps", schedule(coef=0.01, warmup_steps=-2), ValueError, "warmup_steps=-2"),
@@ -865,6 +890,20 @@ TRAINING_ROWS = [
 @cases(TRAINING_ROWS)
 def test_training_arguments(row, tmp_path, saved_checkpoint, wav):
     play(row, tmp_path, saved_checkpoint, wav)
+
+
+DENSE_TRAINING_ROWS = [
+    Row("LoRA on the experts of a dense adapter", training_run("--stage", "lora", "--lora_targets", "experts"),
+        ValueError, "needs a MoE adapter, but this checkpoint's adapter is 'dense' (adapter_type in config.json), "
+        "without experts: use --lora_targets llm"),
+    Row("LoRA on the LLM of a dense-adapter model", training_run("--stage", "lora", "--lora_rank", "2"),
+        check=lambda trainer: set(trainer.model.peft_config["default"].modules_to_save) == {"frontend", "adapter"}),
+]
+
+
+@cases(DENSE_TRAINING_ROWS)
+def test_training_arguments_on_a_dense_adapter(row, tmp_path, tiny_dense_checkpoint, wav):
+    play(row, tmp_path, tiny_dense_checkpoint, wav)
 
 
 def upcycled(**kwargs):

@@ -25,7 +25,7 @@ from ..data.sources import DataColumns, load_training_data
 from ..checkpoints.model_card import write_model_card
 from ..output_dirs import check_output_dir, resumes_run_in
 from .callbacks import AuxLossSchedule, GradientConflictCallback, LossCurveCallback, MoEAuxLossCallback
-from .stages import STAGES, add_lora, apply_stage, count_trainable, steps_for
+from .stages import LORA_TARGETS, STAGES, add_lora, apply_stage, count_trainable, steps_for
 
 
 PAPER_DEFAULTS = {
@@ -63,8 +63,21 @@ class MoEAudioTrainArguments:
     train_encoder: bool = field(default=False, metadata={"help": "also train the Whisper encoder"})
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank (stage lora)"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (stage lora)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (stage lora)"})
-    lora_target_modules: str | None = field(default=None, metadata={"help": "regex of the LLM modules LoRA wraps"})
+    lora_dropout: float | None = field(
+        default=None, metadata={"help": "LoRA dropout (stage lora); default 0.05, and 0 (the only choice) with experts"}
+    )
+    lora_targets: str = field(
+        default="llm", metadata={"help": f"where LoRA goes (stage lora): one of {', '.join(LORA_TARGETS)}: the LLM's "
+                                         "attention and MLP projections, the MoE adapter's expert weights, or both"}
+    )
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "regex (full match) of the LLM modules LoRA wraps, instead of the attention "
+                                        "and MLP projections (--lora_targets llm or llm+experts)"}
+    )
+    lora_target_parameters: list[str] | None = field(
+        default=None, metadata={"help": "expert weights LoRA wraps (--lora_targets experts or llm+experts); default: "
+                                        "adapter.experts.up_proj adapter.experts.down_proj"}
+    )
     aux_loss_coef: float | None = field(default=None, metadata={"help": "lambda of eq. 6; None: the model config's"})
     aux_loss_warmup_steps: int = field(default=0, metadata={"help": "steps over which lambda rises from 0"})
     aux_loss_decay_to: float | None = field(default=None, metadata={"help": "lambda at the last step (linear decay)"})
@@ -147,7 +160,7 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
     if script_args.stage == "lora":
         model = add_lora(
             model, script_args.lora_rank, script_args.lora_alpha, script_args.lora_dropout,
-            script_args.lora_target_modules,
+            script_args.lora_target_modules, script_args.lora_targets, script_args.lora_target_parameters,
         )
 
     if script_args.max_audio_seconds > processor.max_audio_seconds:
@@ -225,6 +238,7 @@ def training_summary(script_args: MoEAudioTrainArguments, trainer: Trainer, metr
     final_loss = f", last logged training loss {losses[-1]:.4f}" if losses else ""
     return (
         f"Trained with `moe-audio train` from `{_public_name(script_args.model)}`: stage `{script_args.stage}`"
+        f"{f' (LoRA on `{script_args.lora_targets}`)' if script_args.stage == 'lora' else ''}"
         f"{' with the encoder' if script_args.train_encoder else ''}, {trainer.state.global_step} optimizer steps "
         f"on {_examples(script_args, trainer)} of `{_public_name(script_args.train_data)}`, learning rate "
         f"{trainer.args.learning_rate} ({_scheduler_name(trainer.args.lr_scheduler_type)}), AdamW betas ({trainer.args.adam_beta1}, "
