@@ -6,6 +6,9 @@ gap) and the scoring of the built-in corpus's one-word answers. Everything reads
 - `answers`: the option a free-form answer picks (`extract_choice`, None rather than a guess), options written
   into a question (`parse_options`), the normalisations answers are compared on (`normalize_text`, `first_word`)
   (a corpus row's reference is `data.conversation.reference_answer`);
+- `answer_parsing`: the modes that map answers to options: ours (`strict`) or the rules of MMAU's reference
+  evaluator (`mmau`) and of lmms-eval's audio tasks (`lmms-eval`), for figures comparable with published ones
+  (`ANSWER_PARSING_MODES`, `AnswerParser`, `ParsedAnswer`, `mmau_string_match`);
 - `prompts`: the user turn asking an item, with its audio or text-only (`build_prompt`, `build_conversation`,
   `PROMPT_STYLES`);
 - `generation`: greedy answers (`greedy_generate`, and `generate_answers` for corpus rows);
@@ -33,6 +36,10 @@ _EXPORTS = {
     "first_word": "answers",
     "normalize_text": "answers",
     "parse_options": "answers",
+    "ANSWER_PARSING_MODES": "answer_parsing",
+    "AnswerParser": "answer_parsing",
+    "ParsedAnswer": "answer_parsing",
+    "mmau_string_match": "answer_parsing",
     "PROMPT_STYLES": "prompts",
     "build_conversation": "prompts",
     "build_prompt": "prompts",
