@@ -651,6 +651,27 @@ def test_evaluate_model_scores_and_counts_each_mode(tmp_path):
     assert "Answers parsed by the `lmms-eval` rules (seed 5): 1 extracted, 1 ambiguous, 1 guessed at random" in markdown
 
 
+def test_lmms_eval_modes_agree_with_lmms_evals_own_functions():
+    """Where lmms-eval is installed: its own parsers (lmms_eval/tasks/mmau/utils.py, lmms_eval/tasks/mmsu/utils.py)
+    give the letters of PARSING_TABLE, and, from the same generator state, the same guesses as ours."""
+    mmau_utils = pytest.importorskip("lmms_eval.tasks.mmau.utils")
+    mmsu_utils = pytest.importorskip("lmms_eval.tasks.mmsu.utils")
+    index2ans, letters = mmsu_utils.get_multi_choice_info(ANIMALS)
+    for answer, *_ in PARSING_TABLE:
+        for seed in range(3):
+            random.seed(seed)
+            theirs = mmau_utils.parse_multi_choice_response(answer, ["A", "B", "C", "D"])
+            ours = parse_lmms_eval_mmau(answer, ANIMALS, random.Random(seed))
+            assert ours.letter == theirs, answer
+            random.seed(seed)
+            theirs = mmsu_utils.parse_multi_choice_response(answer, letters, index2ans)
+            assert parse_lmms_eval_mmsu(answer, ANIMALS, random.Random(seed)).letter == theirs, answer
+    # the MMAU task's score: the letter's choice text against the answer text
+    doc = {"choices": json.dumps(["Dog", "dog ", "cat"]), "answer": "dog ", "task": "sound"}
+    assert mmau_utils.mmau_process_results(dict(doc), ["A"])["accuracy"]["overall"] == 1.0
+    assert parse_lmms_eval_mmau("A", ["Dog", "dog ", "cat"], NoGuess()).is_correct(1)
+
+
 # --------------------------------------------------------------------------------------- a real tiny checkpoint
 
 
@@ -761,3 +782,103 @@ def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, ca
     bad = write_mmau(tmp_path, [{**MMAU_ROWS[0], "answer": "horse"}], name="bad.json")
     with pytest.raises(SystemExit, match="item 1 .*not among the choices"):
         main([str(tiny_checkpoint), str(bad), "--output_dir", str(tmp_path / "y")])
+
+
+# ------------------------------------------------------------------------------------ lmms-eval: the model by name
+
+LMMS_TASK_UTILS = """import soundfile
+from lmms_eval.tasks.mmau.utils import doc_to_text, mmau_aggregate_results, mmau_process_results  # noqa: F401
+
+
+def doc_to_audio(doc):
+    samples, rate = soundfile.read(doc["audio_path"], dtype="float32")
+    return [{"array": samples, "sampling_rate": rate}]
+
+
+def process_results(doc, results):
+    return {"accuracy": mmau_process_results(doc, results)["accuracy"]}
+"""
+
+LMMS_TASK_YAML = """task: moe_audio_mmau_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {rows}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_audio
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 3
+  do_sample: false
+  until: ["<no stop>"]
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: "\\\\nAnswer with the option's letter from the given choices directly."
+process_results: !function utils.process_results
+metric_list:
+  - metric: accuracy
+    aggregation: !function utils.mmau_aggregate_results
+    higher_is_better: true
+"""
+
+
+@pytest.mark.slow
+def test_lmms_eval_runs_the_model_by_name_on_a_local_mmau_task(tmp_path, tiny_checkpoint, monkeypatch):
+    """lmms-eval's own evaluator, in process and offline, loads this model by its registered name ("moe_audio",
+    entry point lmms_eval.models) and runs a local task in the MMAU format of lmms-eval's mmau task (choices as a
+    JSON string, the answer's text) on real wav files, scored by lmms-eval's mmau functions."""
+    pytest.importorskip("lmms_eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import lmms_eval.models
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.tasks.mmau.utils import doc_to_text
+
+    from modeling_moe_audio.data.audio import SAMPLING_RATE
+    from modeling_moe_audio.evaluation.generation import greedy_generate
+    from modeling_moe_audio.evaluation.lmms_eval_model import MoEAudioLmms
+
+    assert "moe_audio" in lmms_eval.models.list_available_models()
+    assert lmms_eval.models.get_model("moe_audio") is MoEAudioLmms
+
+    rows = []
+    for n, source in enumerate(MMAU_ROWS):
+        clip = write_wav(tmp_path / f"clip{n}.wav", 0.2 + 0.1 * n, 300 + 100 * n)
+        rows.append({"id": source["id"], "audio_path": str(clip), "question": source["question"],
+                     "choices": json.dumps(source["choices"]), "answer": source["answer"].strip(),
+                     "task": source["task"]})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task_folder = tmp_path / "task"
+    task_folder.mkdir()
+    (task_folder / "utils.py").write_text(LMMS_TASK_UTILS)
+    (task_folder / "moe_audio_mmau_local.yaml").write_text(LMMS_TASK_YAML.format(rows=tmp_path / "rows.jsonl"))
+
+    results = simple_evaluate(model="moe_audio", model_args=f"pretrained={tiny_checkpoint},batch_size=2",
+                              tasks=["moe_audio_mmau_local"], task_manager=TaskManager(include_path=str(task_folder)),
+                              log_samples=True, device="cpu", random_seed=0)
+    accuracy = results["results"]["moe_audio_mmau_local"]["accuracy,none"]
+    samples = sorted(results["samples"]["moe_audio_mmau_local"], key=lambda sample: sample["doc_id"])
+    assert len(samples) == 3 and 0.0 <= accuracy <= 100.0
+    assert accuracy == pytest.approx(100 * sum(s["accuracy"]["overall"] for s in samples) / 3)
+
+    # the wrapper answered what greedy generation answers to the task's prompt and the row's clip (the task's
+    # `until` is a string never generated: without one, lmms-eval cuts answers at its default "\n\n")
+    model, processor = load_checkpoint_for_test(tiny_checkpoint)
+    kwargs = {"pre_prompt": "", "post_prompt": "\nAnswer with the option's letter from the given choices directly."}
+    conversations = [[{"role": "user", "content": [
+        {"type": "audio", "audio": soundfile.read(row["audio_path"], dtype="float32")[0],
+         "sampling_rate": SAMPLING_RATE},
+        {"type": "text", "text": doc_to_text(row, kwargs)}]}] for row in rows]
+    expected = greedy_generate(model, processor, conversations, max_new_tokens=3)
+    assert [sample["resps"][0][0] for sample in samples] == expected
+
+
+def load_checkpoint_for_test(folder):
+    from modeling_moe_audio.checkpoints.loading import load_checkpoint
+
+    model, processor = load_checkpoint(folder, device="cpu")
+    return model.eval(), processor
