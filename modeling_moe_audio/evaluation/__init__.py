@@ -16,7 +16,9 @@ gap) and the scoring of the built-in corpus's one-word answers. Everything reads
   group, with the counts), `compute_accuracy` and `score_answers` (the demo's and ablate's scores);
 - `scoring`: `evaluate_model`, `modality_gap` (audio accuracy - text accuracy) and `run_evaluation` (a checkpoint on
   a benchmark file: what `moe-audio evaluate` runs);
-- `reports`: `render_markdown`, `write_report` (`results.json` and `results.md`).
+- `reports`: `render_markdown`, `write_report` (`results.json` and `results.md`);
+- `lmms_eval_model`: this model for lmms-eval (`MoEAudioLmms`, registered as "moe_audio" by the entry point
+  `lmms_eval.models`); it imports lmms-eval, so only lmms-eval imports it and nothing below exports it.
 
 The command itself is `modeling_moe_audio.commands.evaluate`. Importing this package imports none of its modules:
 each name below is loaded on first use (PEP 562), so that `evaluate`, `datasets` and torch load only when needed.
