@@ -685,6 +685,8 @@ CLI_ROWS = [
         "--output_dir", "o", "--use_cpu"), SystemExit, "error: Checkpoint folder runs/tiny-mo does not exist"),
     Row("evaluate: a mistyped local model", command("evaluate", "runs/tiny-mo", "data.json"), SystemExit,
         "does not exist"),
+    Row("evaluate: an unknown --answer_parsing mode", command("evaluate", "CKPT", "data.json", "--answer_parsing",
+        "loose"), SystemExit, "2"),
     Row("analyze: a mistyped local model", command("analyze", "runs/x/y", "data.jsonl", "--output_dir", "a"), SystemExit,
         "Checkpoint folder runs/x/y does not exist"),
     Row("upcycle: a missing folder", command("upcycle", "runs/dense", "--output_dir", "up"), SystemExit,

@@ -3,6 +3,7 @@ accuracy metric (`evaluate`), scoring, the modality gap, the text-only path (no 
 `moe-audio evaluate` entry point (`modeling_moe_audio.commands.evaluate`)."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -495,6 +496,182 @@ print(sorted(name for name in ("torch", "transformers", "evaluate", "datasets") 
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+# ---------------------------------------------------------------------------------------- answer parsing modes
+# Each expected value below follows from the rule of the evaluator it names, worked out by hand:
+# - mmau: MMAU's evaluation.py `string_match` (Sakshi113/MMAU @ 110127f): correct when the answer's words hold every
+#   word of the correct choice and none that other choices have and it lacks; no letters, no guess;
+# - lmms-eval on MMAU items: lmms_eval/tasks/mmau/utils.py (@ 75571cf): "(X)", else " X ", else "X." for X in A-D;
+#   none: random letter of A-D; several: the last " X " (the first in A-D order when none is between spaces);
+# - lmms-eval on MMSU items: lmms_eval/tasks/mmsu/utils.py (MMMU's parser): "(X)", else "X " (no space before),
+#   else "X.", else (more than 5 words) the choice texts found; none: random letter; several: the last found.
+
+from modeling_moe_audio.evaluation.answer_parsing import (  # noqa: E402
+    AMBIGUOUS,
+    EXTRACTED,
+    GUESSED,
+    UNANSWERED,
+    AnswerParser,
+    check_answer_parsing,
+    mmau_string_match,
+    parse_lmms_eval_mmau,
+    parse_lmms_eval_mmsu,
+    parse_mmau,
+    parse_strict,
+)
+
+
+class NoGuess:
+    """Test double of the random generator: fails when a rule draws a guess it should not draw."""
+
+    def choice(self, letters):
+        raise AssertionError(f"a guess was drawn from {letters}")
+
+
+# (answer, strict, mmau, lmms-eval MMAU rule, lmms-eval MMSU rule): each (option index or None, outcome);
+# "guess" where the lmms-eval rule draws a random letter. Options: ANIMALS = cat, dog, bird, car horn.
+PARSING_TABLE = [
+    # a bare letter: a letter for strict and lmms-eval; for MMAU's word match "b" is no choice's word
+    ("B", (1, EXTRACTED), (None, UNANSWERED), (1, EXTRACTED), (1, EXTRACTED)),
+    # the option's text without a letter: found by strict and mmau; lmms-eval's MMAU rule guesses; its MMSU rule
+    # reads text only in answers of more than 5 words, so it guesses too
+    ("dog", (1, EXTRACTED), (1, EXTRACTED), "guess", "guess"),
+    ("The dog is barking", (1, EXTRACTED), (1, EXTRACTED), "guess", "guess"),
+    # more than 5 words: the MMSU rule finds the option's text
+    ("I am fairly sure that it is the dog", (1, EXTRACTED), (1, EXTRACTED), "guess", (1, EXTRACTED)),
+    # several letters: strict reads no letter in it (a bare letter needs punctuation); lmms-eval takes the last " X "
+    ("A or B", (None, UNANSWERED), (None, UNANSWERED), (1, AMBIGUOUS), (1, AMBIGUOUS)),
+    # several bracketed letters: lmms-eval's MMAU rule looks for " B " / " C ", finds neither, takes the first (B);
+    # its MMSU rule takes the last "(X)" (C); strict: "B or C" is ambiguous
+    ("(B) or (C)", (None, AMBIGUOUS), (None, UNANSWERED), (1, AMBIGUOUS), (2, AMBIGUOUS)),
+    # strict: the letter opening the answer decides (rule 2); lmms-eval's MMAU rule: the first in A-D order again
+    # (A, not C, though C comes last); its MMSU rule: the last bracket, A in the first answer, C in the second
+    ("(C) or maybe (A)", (2, EXTRACTED), (None, UNANSWERED), (0, AMBIGUOUS), (0, AMBIGUOUS)),
+    ("(A) no, (C)", (0, EXTRACTED), (None, UNANSWERED), (0, AMBIGUOUS), (2, AMBIGUOUS)),
+    # "A dog": the article reads as letter A to lmms-eval (" A " and "A "); strict (a bare letter followed by a
+    # word is no letter) and MMAU (the words) read dog
+    ("A dog", (1, EXTRACTED), (1, EXTRACTED), (0, EXTRACTED), (0, EXTRACTED)),
+    # two options' texts: MMAU's rule rejects both (each has the other's word); strict: ambiguous
+    ("dog or cat", (None, AMBIGUOUS), (None, UNANSWERED), "guess", "guess"),
+    # punctuation stripped at the ends, one kind after the other: "B.," loses "," then "."
+    ("Answer: B.,", (1, EXTRACTED), (None, UNANSWERED), (1, EXTRACTED), (1, EXTRACTED)),
+    # "X." inside a word is a letter to lmms-eval: "D." of "BIRD." -> D (both rules); strict and mmau read bird
+    ("BIRD. yes", (2, EXTRACTED), (2, EXTRACTED), (3, EXTRACTED), (3, EXTRACTED)),
+    # a lowercase letter is no letter to lmms-eval
+    ("b", (1, EXTRACTED), (None, UNANSWERED), "guess", "guess"),
+    ("", (None, UNANSWERED), (None, UNANSWERED), "guess", "guess"),
+]
+
+
+@pytest.mark.parametrize("answer, strict, mmau, lmms_mmau, lmms_mmsu", PARSING_TABLE)
+def test_each_mode_parses_as_its_reference_rule(answer, strict, mmau, lmms_mmau, lmms_mmsu):
+    for parse, expected in ((parse_strict, strict), (parse_mmau, mmau)):
+        parsed = parse(answer, ANIMALS)
+        assert (parsed.index, parsed.outcome) == expected, parse.__name__
+    for parse, expected in ((parse_lmms_eval_mmau, lmms_mmau), (parse_lmms_eval_mmsu, lmms_mmsu)):
+        if expected == "guess":
+            parsed = parse(answer, ANIMALS, random.Random(3))
+            assert parsed.outcome == GUESSED and parsed.index == "ABCD".index(random.Random(3).choice("ABCD"))
+        else:
+            parsed = parse(answer, ANIMALS, NoGuess())
+            assert (parsed.index, parsed.outcome) == expected, parse.__name__
+
+
+def test_mmau_string_match_is_the_reference_word_rule():
+    speech = ["male speech", "female speech", "music"]
+    assert mmau_string_match("female speech", "It is female speech.", speech)
+    assert not mmau_string_match("male speech", "It is female speech.", speech)  # "female" is another choice's
+    assert not mmau_string_match("male speech", "speech", speech)  # "male" missing
+    assert mmau_string_match("male speech", "male speech, clearly", speech)
+    assert not mmau_string_match("music", "", speech)  # no words at all
+    # choices with the same words are one answer to the rule: either is counted correct
+    parsed = parse_mmau("dog", ["Dog", "dog.", "cat"])
+    assert parsed.outcome == AMBIGUOUS and parsed.index is None
+    assert parsed.is_correct(0) and parsed.is_correct(1) and not parsed.is_correct(2)
+
+
+def test_lmms_eval_mmau_rule_letters_are_a_to_d_and_texts_compare_case_insensitively():
+    # "E" is never read (letters are A-D whatever the number of choices): the answer is a guess
+    five = ["one", "two", "three", "four", "five"]
+    assert parse_lmms_eval_mmau("E", five, random.Random(0)).outcome == GUESSED
+    # a letter past a 2-choice item's options: lmms-eval raises IndexError; here wrong and counted
+    parsed = parse_lmms_eval_mmau("D", ["happy", "sad"], NoGuess())
+    assert (parsed.index, parsed.letter, parsed.beyond_options) == (None, "D", True)
+    assert not parsed.is_correct(0) and not parsed.is_correct(1)
+    # the chosen choice's text is compared with the answer's, stripped and lowercased
+    parsed = parse_lmms_eval_mmau("A", ["Dog", "dog ", "cat"], NoGuess())
+    assert parsed.is_correct(1) and parsed.is_correct(0) and not parsed.is_correct(2)
+    # the MMSU rule compares letters: E is read on a five-choice item
+    assert parse_lmms_eval_mmsu("E", five, NoGuess()).index == 4
+
+
+def test_guesses_are_seeded_and_reproducible():
+    answers = ["no idea"] * 20
+    parser, again = AnswerParser("lmms-eval", seed=7), AnswerParser("lmms-eval", seed=7)
+    run = [parser.parse(a, ANIMALS, "mmau").index for a in answers]
+    assert run == [again.parse(a, ANIMALS, "mmau").index for a in answers]
+    assert run == ["ABCD".index(letter) for letter in (random.Random(7).choice("ABCD") for _ in range(1))] + run[1:]
+    assert len(set(run)) > 1  # they are guesses, not one fixed option
+    other = AnswerParser("lmms-eval", seed=8)
+    assert [other.parse(a, ANIMALS, "mmau").index for a in answers] != run
+
+
+def test_an_unknown_parsing_mode_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="Unknown answer parsing mode 'loose': use one of strict, mmau, lmms-eval"):
+        check_answer_parsing("loose")
+    items = load_mmau(write_mmau(tmp_path))
+    with pytest.raises(ValueError, match="Unknown answer parsing mode"):
+        evaluate_model(None, None, items, generate_fn=lambda c, n: ["A"] * len(c), answer_parsing="loose",
+                       progress=False)
+    with pytest.raises(SystemExit):
+        main(["ckpt", "data.json", "--answer_parsing", "loose"])
+    assert "--answer-parsing: invalid choice: 'loose' (choose from 'strict', 'mmau', 'lmms-eval')" in capsys.readouterr().err
+
+
+def test_evaluate_model_scores_and_counts_each_mode(tmp_path):
+    items = load_mmau(write_mmau(tmp_path))  # answers: dog (of 4), Violin (of 3), sad (of 2)
+    answers = ["dog", "(A) or (B)", "D"]
+    generator = ScriptedGenerator(items, answers, [None] * 3)
+    results = {mode: evaluate_model(None, None, items, generate_fn=generator, progress=False, answer_parsing=mode,
+                                    seed=5) for mode in ("strict", "mmau", "lmms-eval")}
+    strict, mmau, lmms = results["strict"], results["mmau"], results["lmms-eval"]
+    # strict: dog right; "(A) or (B)" ambiguous; "D" beyond a 2-choice item: unanswered
+    assert (strict["correct"], strict["answered"]) == (1, 1)
+    assert {k: strict["answer_parsing"][k] for k in ("extracted", "ambiguous", "guessed", "unanswered")} == {
+        "extracted": 1, "ambiguous": 1, "guessed": 0, "unanswered": 1}
+    # mmau: dog right; no words of a choice in "(A) or (B)" nor "D"
+    assert (mmau["correct"], mmau["answer_parsing"]["unanswered"]) == (1, 2)
+    # lmms-eval: "dog" guessed (seeded); "(A) or (B)": neither " A " nor " B ", so the first, A = Piano (wrong);
+    # "D" beyond the options (wrong)
+    guess = "ABCD".index(random.Random(5).choice("ABCD"))
+    assert lmms["predictions"][0]["parse_outcome"] == GUESSED and lmms["predictions"][0]["predicted_index"] == guess
+    assert [p["correct"] for p in lmms["predictions"]] == [guess == 1, False, False]
+    assert lmms["answer_parsing"] == {"mode": "lmms-eval", "seed": 5, "extracted": 1, "ambiguous": 1, "guessed": 1,
+                                      "unanswered": 0, "beyond_options": 1}
+    markdown = write_report(lmms, tmp_path / "report")["markdown"].read_text()
+    assert "Answers parsed by the `lmms-eval` rules (seed 5): 1 extracted, 1 ambiguous, 1 guessed at random" in markdown
+
+
+def test_lmms_eval_modes_agree_with_lmms_evals_own_functions():
+    """Where lmms-eval is installed: its own parsers (lmms_eval/tasks/mmau/utils.py, lmms_eval/tasks/mmsu/utils.py)
+    give the letters of PARSING_TABLE, and, from the same generator state, the same guesses as ours."""
+    mmau_utils = pytest.importorskip("lmms_eval.tasks.mmau.utils")
+    mmsu_utils = pytest.importorskip("lmms_eval.tasks.mmsu.utils")
+    index2ans, letters = mmsu_utils.get_multi_choice_info(ANIMALS)
+    for answer, *_ in PARSING_TABLE:
+        for seed in range(3):
+            random.seed(seed)
+            theirs = mmau_utils.parse_multi_choice_response(answer, ["A", "B", "C", "D"])
+            ours = parse_lmms_eval_mmau(answer, ANIMALS, random.Random(seed))
+            assert ours.letter == theirs, answer
+            random.seed(seed)
+            theirs = mmsu_utils.parse_multi_choice_response(answer, letters, index2ans)
+            assert parse_lmms_eval_mmsu(answer, ANIMALS, random.Random(seed)).letter == theirs, answer
+    # the MMAU task's score: the letter's choice text against the answer text
+    doc = {"choices": json.dumps(["Dog", "dog ", "cat"]), "answer": "dog ", "task": "sound"}
+    assert mmau_utils.mmau_process_results(dict(doc), ["A"])["accuracy"]["overall"] == 1.0
+    assert parse_lmms_eval_mmau("A", ["Dog", "dog ", "cat"], NoGuess()).is_correct(1)
+
+
 # --------------------------------------------------------------------------------------- a real tiny checkpoint
 
 
@@ -605,3 +782,103 @@ def test_main_writes_the_json_and_markdown_reports(tmp_path, tiny_checkpoint, ca
     bad = write_mmau(tmp_path, [{**MMAU_ROWS[0], "answer": "horse"}], name="bad.json")
     with pytest.raises(SystemExit, match="item 1 .*not among the choices"):
         main([str(tiny_checkpoint), str(bad), "--output_dir", str(tmp_path / "y")])
+
+
+# ------------------------------------------------------------------------------------ lmms-eval: the model by name
+
+LMMS_TASK_UTILS = """import soundfile
+from lmms_eval.tasks.mmau.utils import doc_to_text, mmau_aggregate_results, mmau_process_results  # noqa: F401
+
+
+def doc_to_audio(doc):
+    samples, rate = soundfile.read(doc["audio_path"], dtype="float32")
+    return [{"array": samples, "sampling_rate": rate}]
+
+
+def process_results(doc, results):
+    return {"accuracy": mmau_process_results(doc, results)["accuracy"]}
+"""
+
+LMMS_TASK_YAML = """task: moe_audio_mmau_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {rows}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_audio
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 3
+  do_sample: false
+  until: ["<no stop>"]
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: "\\\\nAnswer with the option's letter from the given choices directly."
+process_results: !function utils.process_results
+metric_list:
+  - metric: accuracy
+    aggregation: !function utils.mmau_aggregate_results
+    higher_is_better: true
+"""
+
+
+@pytest.mark.slow
+def test_lmms_eval_runs_the_model_by_name_on_a_local_mmau_task(tmp_path, tiny_checkpoint, monkeypatch):
+    """lmms-eval's own evaluator, in process and offline, loads this model by its registered name ("moe_audio",
+    entry point lmms_eval.models) and runs a local task in the MMAU format of lmms-eval's mmau task (choices as a
+    JSON string, the answer's text) on real wav files, scored by lmms-eval's mmau functions."""
+    pytest.importorskip("lmms_eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import lmms_eval.models
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.tasks.mmau.utils import doc_to_text
+
+    from modeling_moe_audio.data.audio import SAMPLING_RATE
+    from modeling_moe_audio.evaluation.generation import greedy_generate
+    from modeling_moe_audio.evaluation.lmms_eval_model import MoEAudioLmms
+
+    assert "moe_audio" in lmms_eval.models.list_available_models()
+    assert lmms_eval.models.get_model("moe_audio") is MoEAudioLmms
+
+    rows = []
+    for n, source in enumerate(MMAU_ROWS):
+        clip = write_wav(tmp_path / f"clip{n}.wav", 0.2 + 0.1 * n, 300 + 100 * n)
+        rows.append({"id": source["id"], "audio_path": str(clip), "question": source["question"],
+                     "choices": json.dumps(source["choices"]), "answer": source["answer"].strip(),
+                     "task": source["task"]})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task_folder = tmp_path / "task"
+    task_folder.mkdir()
+    (task_folder / "utils.py").write_text(LMMS_TASK_UTILS)
+    (task_folder / "moe_audio_mmau_local.yaml").write_text(LMMS_TASK_YAML.format(rows=tmp_path / "rows.jsonl"))
+
+    results = simple_evaluate(model="moe_audio", model_args=f"pretrained={tiny_checkpoint},batch_size=2",
+                              tasks=["moe_audio_mmau_local"], task_manager=TaskManager(include_path=str(task_folder)),
+                              log_samples=True, device="cpu", random_seed=0)
+    accuracy = results["results"]["moe_audio_mmau_local"]["accuracy,none"]
+    samples = sorted(results["samples"]["moe_audio_mmau_local"], key=lambda sample: sample["doc_id"])
+    assert len(samples) == 3 and 0.0 <= accuracy <= 100.0
+    assert accuracy == pytest.approx(100 * sum(s["accuracy"]["overall"] for s in samples) / 3)
+
+    # the wrapper answered what greedy generation answers to the task's prompt and the row's clip (the task's
+    # `until` is a string never generated: without one, lmms-eval cuts answers at its default "\n\n")
+    model, processor = load_checkpoint_for_test(tiny_checkpoint)
+    kwargs = {"pre_prompt": "", "post_prompt": "\nAnswer with the option's letter from the given choices directly."}
+    conversations = [[{"role": "user", "content": [
+        {"type": "audio", "audio": soundfile.read(row["audio_path"], dtype="float32")[0],
+         "sampling_rate": SAMPLING_RATE},
+        {"type": "text", "text": doc_to_text(row, kwargs)}]}] for row in rows]
+    expected = greedy_generate(model, processor, conversations, max_new_tokens=3)
+    assert [sample["resps"][0][0] for sample in samples] == expected
+
+
+def load_checkpoint_for_test(folder):
+    from modeling_moe_audio.checkpoints.loading import load_checkpoint
+
+    model, processor = load_checkpoint(folder, device="cpu")
+    return model.eval(), processor

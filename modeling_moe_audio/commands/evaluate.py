@@ -3,13 +3,15 @@
 MMAU (JSON or JSONL) or VoiceBench MMSU / OpenBookQA (JSONL), or the same rows as a dataset (saved with
 `save_to_disk`, parquet, a Hub dataset id; `--split`), asked by greedy generation and scored with the
 evaluate library; writes `DIR/results.json` and `DIR/results.md`. `--text_only_gap` also asks the text form of the
-audio, without audio, and reports the modality gap. The file formats: `modeling_moe_audio.evaluation.benchmarks`.
+audio, without audio, and reports the modality gap. `--answer_parsing mmau|lmms-eval` scores the answers by a published evaluator's
+rules instead of ours. The file formats: `modeling_moe_audio.evaluation.benchmarks`.
 """
 
 from pathlib import Path
 
+from ..evaluation.answer_parsing import ANSWER_PARSING_MODES
 from ..evaluation.prompts import PROMPT_STYLES
-from .common import command_parser, quiet_if_asked, run
+from .common import add_seed, command_parser, quiet_if_asked, run
 
 
 def build_parser():
@@ -28,6 +30,12 @@ def build_parser():
     parser.add_argument("--prompt_style", choices=PROMPT_STYLES, default="lettered",
                         help="lettered: the question, lettered options and 'answer with the letter'; "
                         "question: the question alone, for models trained to answer it with the option's words")
+    parser.add_argument("--answer_parsing", choices=ANSWER_PARSING_MODES, default="strict",
+                        help="how answers map to options: strict (ours: no guess, ambiguous answers unanswered), "
+                        "mmau (MMAU's reference evaluation.py: comparable with MMAU's leaderboard), lmms-eval "
+                        "(lmms-eval's mmau / mmsu tasks: a random guess when no letter is found, the last of "
+                        "several; comparable with lmms-eval-reported figures)")
+    add_seed(parser, "the random guesses of --answer_parsing lmms-eval")
     parser.add_argument("--text_only_gap", action="store_true",
                         help="also ask the text form of the audio, without audio, and report the modality gap")
     parser.add_argument("--device", help="torch device; none given: cuda when available, else cpu")
@@ -49,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir) if args.output_dir else Path("eval") / Path(args.data).stem
     results = run(run_evaluation, args.model, args.data, output_dir, format=args.format, limit=args.limit,
                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style,
-                  text_only_gap=args.text_only_gap, device=args.device, dtype=args.dtype,
-                  progress=not args.no_progress, overwrite=args.overwrite, split=args.split)
+                  answer_parsing=args.answer_parsing, seed=args.seed, text_only_gap=args.text_only_gap,
+                  device=args.device, dtype=args.dtype, progress=not args.no_progress, overwrite=args.overwrite,
+                  split=args.split)
     print(render_markdown(results))
     print(f"wrote {output_dir / 'results.json'} and {output_dir / 'results.md'}")
 

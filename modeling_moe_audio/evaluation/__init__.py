@@ -6,6 +6,9 @@ gap) and the scoring of the built-in corpus's one-word answers. Everything reads
 - `answers`: the option a free-form answer picks (`extract_choice`, None rather than a guess), options written
   into a question (`parse_options`), the normalisations answers are compared on (`normalize_text`, `first_word`)
   (a corpus row's reference is `data.conversation.reference_answer`);
+- `answer_parsing`: the modes that map answers to options: ours (`strict`) or the rules of MMAU's reference
+  evaluator (`mmau`) and of lmms-eval's audio tasks (`lmms-eval`), for figures comparable with published ones
+  (`ANSWER_PARSING_MODES`, `AnswerParser`, `ParsedAnswer`, `mmau_string_match`);
 - `prompts`: the user turn asking an item, with its audio or text-only (`build_prompt`, `build_conversation`,
   `PROMPT_STYLES`);
 - `generation`: greedy answers (`greedy_generate`, and `generate_answers` for corpus rows);
@@ -13,7 +16,9 @@ gap) and the scoring of the built-in corpus's one-word answers. Everything reads
   group, with the counts), `compute_accuracy` and `score_answers` (the demo's and ablate's scores);
 - `scoring`: `evaluate_model`, `modality_gap` (audio accuracy - text accuracy) and `run_evaluation` (a checkpoint on
   a benchmark file: what `moe-audio evaluate` runs);
-- `reports`: `render_markdown`, `write_report` (`results.json` and `results.md`).
+- `reports`: `render_markdown`, `write_report` (`results.json` and `results.md`);
+- `lmms_eval_model`: this model for lmms-eval (`MoEAudioLmms`, registered as "moe_audio" by the entry point
+  `lmms_eval.models`); it imports lmms-eval, so only lmms-eval imports it and nothing below exports it.
 
 The command itself is `modeling_moe_audio.commands.evaluate`. Importing this package imports none of its modules:
 each name below is loaded on first use (PEP 562), so that `evaluate`, `datasets` and torch load only when needed.
@@ -33,6 +38,10 @@ _EXPORTS = {
     "first_word": "answers",
     "normalize_text": "answers",
     "parse_options": "answers",
+    "ANSWER_PARSING_MODES": "answer_parsing",
+    "AnswerParser": "answer_parsing",
+    "ParsedAnswer": "answer_parsing",
+    "mmau_string_match": "answer_parsing",
     "PROMPT_STYLES": "prompts",
     "build_conversation": "prompts",
     "build_prompt": "prompts",

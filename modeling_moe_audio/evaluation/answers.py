@@ -174,6 +174,17 @@ def extract_choice(response: str, options: list[str]) -> int | None:
     A letter that contradicts the answer's text ("B. cat" when cat is A; "C" when the options are note names
     and "C" is option B) is ambiguous too. Letters beyond the options are ignored.
     """
+    choice = _extract_choice(response, options)
+    return None if choice is _AMBIGUOUS else choice
+
+
+def extract_choice_or_ambiguity(response: str, options: list[str]) -> tuple[int | None, bool]:
+    """`extract_choice`'s answer and whether a None means "several options named" (True) rather than "none"."""
+    choice = _extract_choice(response, options)
+    return (None, True) if choice is _AMBIGUOUS else (choice, False)
+
+
+def _extract_choice(response: str, options: list[str]):
     if not isinstance(response, str) or not response.strip():
         return None
     n = len(options)
@@ -189,14 +200,14 @@ def extract_choice(response: str, options: list[str]) -> int | None:
             found = _AMBIGUOUS if bold is _AMBIGUOUS else found + bold
         choice = _decide(found)
         if choice is _AMBIGUOUS:
-            return None
+            return _AMBIGUOUS
         if choice is not None:
             if exact and exact[0] != choice:
-                return None
+                return _AMBIGUOUS
             if patterns is _TIER2:  # "B. cat" where cat is another option
                 rest = _without_article(normalize_text(plain[found[0][0].end():]))
                 if any(name == rest and i != choice for i, name in enumerate(normalised_options)):
-                    return None
+                    return _AMBIGUOUS
             return choice
     if len(exact) == 1:
         return exact[0]
@@ -204,7 +215,7 @@ def extract_choice(response: str, options: list[str]) -> int | None:
     if len(matched) == 1:
         return matched[0]
     if matched:
-        return None
+        return _AMBIGUOUS
     number = re.fullmatch(r"\W*(\d{1,2})\W*", plain)
     if number and not any(re.fullmatch(r"[0-9 ]+", name) for name in normalised_options if name):
         index = int(number[1]) - 1

@@ -27,6 +27,13 @@ def _gap_lines(title: str, table: dict) -> list[str]:
     return lines
 
 
+def _parsing_line(parsing: dict) -> str:
+    beyond = parsing.get("beyond_options", 0)
+    return (f"Answers parsed by the `{parsing['mode']}` rules (seed {parsing['seed']}): {parsing['extracted']} "
+            f"extracted, {parsing['ambiguous']} ambiguous, {parsing['guessed']} guessed at random, "
+            f"{parsing['unanswered']} unanswered" + (f", {beyond} letters beyond the options" if beyond else "") + ".")
+
+
 def render_markdown(results: dict) -> str:
     """The report as markdown: audio accuracy overall / per task / per category, and the modality gap table."""
     lines = ["# Multiple-choice audio QA evaluation", ""]
@@ -37,6 +44,9 @@ def render_markdown(results: dict) -> str:
     if evaluation is not None:
         style = evaluation.get("prompt_style", "lettered")
         lines += ["", f"## Accuracy ({evaluation['mode']} input, {style} prompt)", ""]
+        parsing = evaluation.get("answer_parsing")
+        if parsing is not None:
+            lines += [_parsing_line(parsing), ""]
         overall = {"overall": {k: evaluation[k] for k in ("num_items", "answered", "accuracy")}}
         lines += _accuracy_table("", overall) + [""]
         lines += _accuracy_table("task", evaluation["per_task"]) + [""]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from tqdm.auto import tqdm
 
 from ..output_dirs import check_output_dir
-from .answers import LETTERS, extract_choice
+from .answer_parsing import AnswerParser, check_answer_parsing, count_outcomes
 from .benchmarks import QAItem, detect_format, load_items
 from .generation import greedy_generate
 from .prompts import build_conversation, build_prompt, check_prompt_style
@@ -34,6 +34,8 @@ def evaluate_model(
     metric: evaluate.EvaluationModule | None = None,
     progress: bool = True,
     prompt_style: str = "lettered",
+    answer_parsing: str = "strict",
+    seed: int = 0,
 ) -> dict:
     """Ask every item (greedy, batched), extract the chosen options and score them.
 
@@ -41,18 +43,24 @@ def evaluate_model(
     given to the model. `generate_fn(conversations, max_new_tokens) -> answers` replaces the model's greedy
     generation (default: `greedy_generate(model, processor, ...)`). `metric`: an `evaluate` module with the inputs
     and outputs of `GroupedAccuracy` (the default), computed once: every figure below comes from that computation.
-    `prompt_style`: "lettered" (default) or "question" (see `build_prompt`).
+    `prompt_style`: "lettered" (default) or "question" (see `build_prompt`). `answer_parsing`: "strict" (default,
+    ours), "mmau" or "lmms-eval" (the published evaluators' rules, `answer_parsing` module); `seed` seeds the
+    random guesses of lmms-eval's rules (one generator, drawn in item order).
 
-    Returns {"mode": "audio" | "text", "prompt_style", "accuracy", "num_items", "correct", "answered" (answers mapped
-    to an option), "per_task", "per_category", "per_benchmark" (each {name: {"accuracy", "num_items", "correct", "answered"}}),
-    "predictions": one dict per item (id, task, category, benchmark, prompt, response, predicted_index,
-    predicted_letter, answer_index, answer_letter, correct)}. Accuracies are fractions in [0, 1].
+    Returns {"mode": "audio" | "text", "prompt_style", "answer_parsing": {"mode", "seed", "extracted", "ambiguous",
+    "guessed", "unanswered", "beyond_options"} (answers counted by how they were parsed), "accuracy", "num_items",
+    "correct", "answered" (answers mapped to an option, guesses included), "per_task", "per_category",
+    "per_benchmark" (each {name: {"accuracy", "num_items", "correct", "answered"}}), "predictions": one dict per
+    item (id, task, category, benchmark, prompt, response, predicted_index, predicted_letter, parse_outcome,
+    answer_index, answer_letter, correct)}. Accuracies are fractions in [0, 1].
     """
     if not items:
         raise ValueError("No items to evaluate.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive (got {batch_size}).")
     check_prompt_style(prompt_style)
+    check_answer_parsing(answer_parsing)
+    parser = AnswerParser(answer_parsing, seed)
     if text_only:
         missing = [item.id for item in items if not item.audio_text]
         if missing:
@@ -67,7 +75,7 @@ def evaluate_model(
             return greedy_generate(model, processor, conversations, max_new_tokens)
 
     mode = "text" if text_only else "audio"
-    rows = []
+    rows, parsed_answers = [], []
     benchmarks = "/".join(sorted({item.benchmark for item in items}))
     with tqdm(total=len(items), desc=f"{benchmarks} ({mode})", unit="item", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
@@ -77,24 +85,30 @@ def evaluate_model(
             if len(answers) != len(batch):
                 raise RuntimeError(f"The generator returned {len(answers)} answers for {len(batch)} questions.")
             for item, answer in zip(batch, answers):
-                index = extract_choice(answer, item.options)
+                parsed = parser.parse(answer, item.options, item.benchmark)
+                parsed_answers.append(parsed)
+                correct = parsed.is_correct(item.answer_index)
                 rows.append({
                     "id": item.id, "task": item.task, "category": item.category, "benchmark": item.benchmark,
                     "prompt": build_prompt(item, text_only, prompt_style), "response": answer,
-                    "predicted_index": index, "predicted_letter": None if index is None else LETTERS[index],
-                    "answer_index": item.answer_index, "answer_letter": item.answer_letter,
-                    "correct": index == item.answer_index,
+                    "predicted_index": parsed.index, "predicted_letter": parsed.letter,
+                    "parse_outcome": parsed.outcome, "answer_index": item.answer_index,
+                    "answer_letter": item.answer_letter, "correct": correct,
                 })
             bar.update(len(batch))
     from .accuracy import compute_accuracy  # evaluate and datasets: imported when first scoring
 
+    # The metric's label: the reference's when the mode's rule counts the answer correct (mmau accepts any of
+    # several choices with the same words), else the option chosen, None when there is none
+    labels = [row["answer_index"] if row["correct"] else row["predicted_index"] for row in rows]
     scores = compute_accuracy(
-        predictions=[row["predicted_index"] for row in rows],
+        predictions=labels,
         references=[row["answer_index"] for row in rows],
         groups={key: [row[key] for row in rows] for key in GROUPINGS},
         metric=metric,
     )
-    return {"mode": mode, "prompt_style": prompt_style, **scores, "predictions": rows}
+    counts = {"mode": answer_parsing, "seed": seed, **count_outcomes(parsed_answers)}
+    return {"mode": mode, "prompt_style": prompt_style, "answer_parsing": counts, **scores, "predictions": rows}
 
 
 def _gap_table(audio: dict, text: dict) -> dict:
@@ -120,6 +134,8 @@ def modality_gap(
     metric: evaluate.EvaluationModule | None = None,
     progress: bool = True,
     prompt_style: str = "lettered",
+    answer_parsing: str = "strict",
+    seed: int = 0,
 ) -> dict:
     """Audio and text-only accuracy on the items that carry a text form of their audio, and gap = audio - text.
 
@@ -134,10 +150,11 @@ def modality_gap(
         raise ValueError("No item carries a text form of its audio, so there is no text-only baseline "
                          "(MMAU has none; VoiceBench rows do).")
     kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generate_fn=generate_fn, metric=metric,
-                  progress=progress, prompt_style=prompt_style)
+                  progress=progress, prompt_style=prompt_style, answer_parsing=answer_parsing, seed=seed)
     reuse = audio_results is not None and len(with_text) == len(items) and [
         p["id"] for p in audio_results["predictions"]] == [item.id for item in items] and audio_results.get(
-        "prompt_style", "lettered") == prompt_style
+        "prompt_style", "lettered") == prompt_style and audio_results.get("answer_parsing", {}).get(
+        "mode", "strict") == answer_parsing
     audio = audio_results if reuse else evaluate_model(model, processor, with_text, **kwargs)
     text = evaluate_model(model, processor, with_text, text_only=True, **kwargs)
     return {
@@ -161,6 +178,8 @@ def run_evaluation(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     prompt_style: str = "lettered",
+    answer_parsing: str = "strict",
+    seed: int = 0,
     text_only_gap: bool = False,
     device: str | None = None,
     dtype: str = "auto",
@@ -171,7 +190,8 @@ def run_evaluation(
     """Load the checkpoint `model` (trust_remote_code) and the benchmark file or dataset `data` (`split`: its split), evaluate, and write the report
     (`write_report`) into `output_dir` when one is given.
 
-    `format`: mmau, voicebench or auto (from the first row); `limit`: the first N items; `text_only_gap`: also the
+    `format`: mmau, voicebench or auto (from the first row); `limit`: the first N items; `answer_parsing`: strict,
+    mmau or lmms-eval (`evaluate_model`), `seed` its guesses' seed; `text_only_gap`: also the
     modality gap (an error when no item carries a text form of its audio); `device`: default cuda when available,
     else cpu; `dtype`: auto (the checkpoint's), float32, bfloat16 or float16. Returns {"model", "data", "format",
     "evaluation": the `evaluate_model` result, "modality_gap": the `modality_gap` result (with `text_only_gap`)},
@@ -182,6 +202,7 @@ def run_evaluation(
 
     if output_dir is not None:
         output_dir = check_output_dir(output_dir, overwrite)  # before the long part: a finished report is kept
+    check_answer_parsing(answer_parsing)  # before loading anything
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"The batch size and the limit must be positive (got {batch_size} and {limit}).")
     format = detect_format(data, split) if format == "auto" else format
@@ -193,7 +214,7 @@ def run_evaluation(
     dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     loaded, processor = load_checkpoint(model, dtype=dtype, device=device)
     settings = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-                    prompt_style=prompt_style)
+                    prompt_style=prompt_style, answer_parsing=answer_parsing, seed=seed)
     results = {"model": str(model), "data": str(data), "format": format}
     results["evaluation"] = evaluate_model(loaded, processor, items, **settings)
     if text_only_gap:
