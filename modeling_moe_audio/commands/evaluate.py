@@ -3,8 +3,8 @@
 MMAU (JSON or JSONL) or VoiceBench MMSU / OpenBookQA (JSONL), or the same rows as a dataset (saved with
 `save_to_disk`, parquet, a Hub dataset id; `--split`), asked by greedy generation and scored with the
 evaluate library; writes `DIR/results.json` and `DIR/results.md`. `--text_only_gap` also asks the text form of the
-audio, without audio, and reports the modality gap. `--answer_parsing mmau|lmms-eval` scores the answers by a published evaluator's
-rules instead of ours. The file formats: `modeling_moe_audio.evaluation.benchmarks`.
+audio, without audio, and reports the modality gap. `--answer_parsing mmau|lmms-eval` scores the answers by a
+published evaluator's rules instead of ours. The file formats: `modeling_moe_audio.evaluation.benchmarks`.
 """
 
 from pathlib import Path
