@@ -18,7 +18,7 @@ COMMANDS = {
     "evaluate": ("evaluate", "multiple-choice audio QA (MMAU, VoiceBench) by greedy generation, with the modality gap"),
     "analyze": ("analyze", "expert heatmap and gradient conflicts between categories (paper section 5)"),
     "demo": ("demo", "train and compare the tiny MoE and dense models on the built-in corpus"),
-    "compare": ("compare", "train configurations (MoE, dense, ablations) over several seeds; mean, spread, 95% CIs"),
+    "compare": ("compare", "train configurations (MoE, dense, ablations) over several seeds: mean, spread, 95%% intervals"),
     "ablate": ("ablate", "train the Table 2/3 ablations at tiny scale on the built-in corpus"),
     "upcycle": ("upcycle", "turn a dense-adapter checkpoint into an MoE-adapter one"),
     "push": ("push", "publish a checkpoint to the Hub in one commit, with code and card"),
