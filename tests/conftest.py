@@ -12,6 +12,16 @@ import pytest
 from helpers import tiny_model
 
 
+@pytest.fixture(autouse=True)
+def progress_bars_back_on():
+    """A command run in-process with `--no_progress` turns transformers' progress switch off for the whole process;
+    every test starts with it on, as a fresh process would."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    yield
+
+
 def _contents(folder):
     return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}

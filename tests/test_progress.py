@@ -20,13 +20,6 @@ def corpus(make_corpus):
     return make_corpus(seed=3, sizes={"train": 48, "validation": 8, "test": 8})
 
 
-@pytest.fixture
-def progress_restored():
-    """Progress turned back on after a test that turns it off (the switch is process-wide)."""
-    yield
-    transformers_logging.enable_progress_bar()
-
-
 def loss_curves_of(trainer) -> LossCurveCallback:
     (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, LossCurveCallback)]
     return callback
@@ -71,8 +64,7 @@ def test_a_dense_model_gets_a_note_instead_of_an_aux_loss_curve(tiny_dense_check
     assert (tmp_path / "dense" / "runs" / "loss_curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_the_demo_answering_phase_shows_a_bar_unless_quieted(tiny_checkpoint, corpus, capsys, monkeypatch,
-                                                            progress_restored):
+def test_the_demo_answering_phase_shows_a_bar_unless_quieted(tiny_checkpoint, corpus, capsys, monkeypatch):
     evaluate_one(tiny_checkpoint, corpus["test"])  # what the demo and ablate run after training each model
     shown = capsys.readouterr().err
     assert f"{tiny_checkpoint.name}: answering the test questions" in shown and "8/8" in shown
@@ -98,7 +90,7 @@ def test_writing_the_corpus_counts_the_examples_of_each_split(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_no_progress_quiets_a_command(tiny_checkpoint, corpus, tmp_path, capsys, progress_restored):
+def test_no_progress_quiets_a_command(tiny_checkpoint, corpus, tmp_path, capsys):
     moe_audio("analyze", tiny_checkpoint, corpus["test"], "--output_dir", tmp_path / "shown", "--batch_size", "4")
     shown = capsys.readouterr().err
     assert "expert routing" in shown and "gradients" in shown and "influence" in shown
