@@ -383,13 +383,18 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_audio_features(
         self,
         input_features: torch.FloatTensor,
         input_features_mask: torch.Tensor | None = None,
         semantic_audio_ids: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> "MoEAudioFeaturesOutput":
         """Encode 30 s windows of log-mel features into audio embeddings, one row per real audio token.
+
+        Called as transformers' audio models are (serving engines such as vLLM pass `return_dict` and other
+        keyword arguments): `return_dict=False` gives a tuple, other keyword arguments are not used.
 
         Args:
             input_features: `(num_windows, num_mel_bins, 3000)` log-mel windows (a clip longer than 30 s spans
@@ -599,8 +604,8 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_audio_features(self, input_features, input_features_mask=None, semantic_audio_ids=None):
-        return self.model.get_audio_features(input_features, input_features_mask, semantic_audio_ids)
+    def get_audio_features(self, input_features, input_features_mask=None, semantic_audio_ids=None, **kwargs):
+        return self.model.get_audio_features(input_features, input_features_mask, semantic_audio_ids, **kwargs)
 
     @staticmethod
     def _router_loss_share(labels: torch.Tensor, num_items_in_batch) -> torch.Tensor | float:
