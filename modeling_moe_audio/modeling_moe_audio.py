@@ -477,8 +477,11 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             or tuple(input_features_mask.shape) != (input_features.shape[0], expected[1])
         ):
             shape = tuple(input_features_mask.shape) if isinstance(input_features_mask, torch.Tensor) else None
+            # transformers' pipelines batch rows by keeping the first window of each row's input_features.
+            hint = (" With a pipeline, batch_size > 1 takes clips of one window at most (30 s for Whisper): pass longer "
+                    "clips with batch_size=1." if shape is not None and shape[0] > input_features.shape[0] else "")
             raise ValueError(f"input_features_mask has shape {shape}; it must be (windows, {expected[1]}), one row "
-                             "per window of input_features.")
+                             f"per window of input_features ({input_features.shape[0]}).{hint}")
 
     def _check_text_inputs(self, input_ids, input_features, cache) -> None:
         """On the first pass only: later generation steps feed back tokens the model itself produced."""

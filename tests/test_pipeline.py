@@ -167,3 +167,16 @@ def test_audio_windows_stay_right_padded_while_the_feature_extractor_says_left(p
                             return_tensors="pt")
         assert torch.equal(ours["input_features"], reference["input_features"]), samples
         assert torch.equal(ours["input_features_mask"], reference["attention_mask"]), samples
+
+
+def test_a_clip_longer_than_a_window_goes_alone_and_batched_says_so(pipe, model, processor, clips, tmp_path):
+    """The pipeline batches by keeping the first window of each row's features: longer clips need batch_size=1."""
+    window_seconds = processor.feature_extractor.chunk_length
+    long_clip = (np.random.default_rng(3).standard_normal(int((window_seconds + 1.5) * SR)) * 0.1).astype(np.float32)
+    soundfile.write(tmp_path / "long.wav", long_clip, SR)
+    conversation = chat({"type": "audio", "path": str(tmp_path / "long.wav")})
+    inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, add_generation_prompt=True)
+    assert inputs["input_features"].shape[0] == 2
+    assert answers(ask(pipe, conversation)) == generated(model, processor, inputs)
+    with pytest.raises(ValueError, match=r"With a pipeline, batch_size > 1 .* clips with batch_size=1"):
+        ask(pipe, [conversation, chat({"type": "audio", "path": clips[0]})], batch_size=2)
