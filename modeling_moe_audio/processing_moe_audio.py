@@ -52,24 +52,26 @@ def check_audio_path(path: str | os.PathLike, where: str = "") -> str:
     return path
 
 
-def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Decode an audio file (wav, flac, ogg, mp3: libsndfile) to mono float32 and resample it with soxr."""
-    path = check_audio_path(path)
-    return _transformers_load_audio(path, sampling_rate=sampling_rate, backend="soundfile")
-
-
 def is_remote_audio(source) -> bool:
     """A URL or a data URI, which transformers' loaders fetch; anything else given as a string is a local file."""
     return isinstance(source, str) and ("://" in source or source.startswith("data:"))
 
 
+def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Decode an audio file (wav, flac, ogg, mp3: libsndfile), or a URL or data URI of one, to mono float32 and
+    resample it with soxr."""
+    if not is_remote_audio(path):
+        path = check_audio_path(path)
+    return _transformers_load_audio(path, sampling_rate=sampling_rate, backend="soundfile")
+
+
 class MoEAudioFeatureExtractor(WhisperFeatureExtractor):
-    """Whisper's feature extractor, whose `fetch_audio` leaves local files to the processor.
+    """Whisper's feature extractor, whose `fetch_audio` leaves files (paths, URLs, data URIs) to the processor.
 
     The any-to-any pipeline decodes the files given as `audio=` with `fetch_audio` before it calls the processor, which
-    would then get bare arrays of unknown rate (and refuses them: an array needs its `sampling_rate`). Kept as paths,
-    they are decoded and resampled by the processor's own rules. Saved as a `WhisperFeatureExtractor`, so checkpoints
-    load without this class; the processor makes its feature extractor one of these.
+    would then get bare arrays of unknown rate (and refuses them: an array needs its `sampling_rate`). Left as they
+    are, files are decoded and resampled by the processor's own rules. Saved as a `WhisperFeatureExtractor`, so
+    checkpoints load without this class; the processor makes its feature extractor one of these.
     """
 
     def fetch_audio(self, audio_url_or_urls, sampling_rate: int | None = None):
@@ -77,10 +79,8 @@ class MoEAudioFeatureExtractor(WhisperFeatureExtractor):
             audio_url_or_urls[0], (str, os.PathLike, list, tuple)
         ):
             return [self.fetch_audio(audio, sampling_rate) for audio in audio_url_or_urls]
-        if isinstance(audio_url_or_urls, os.PathLike) or (
-            isinstance(audio_url_or_urls, str) and not is_remote_audio(audio_url_or_urls)
-        ):
-            return os.fspath(audio_url_or_urls)
+        if isinstance(audio_url_or_urls, (str, os.PathLike)):
+            return audio_url_or_urls
         return super().fetch_audio(audio_url_or_urls, sampling_rate)
 
     def to_dict(self):
@@ -193,7 +193,8 @@ class MoEAudioProcessor(ProcessorMixin):
         Args:
             text (`str` or `list[str]`): one prompt per batch row; write `audio_token` once per clip.
             audio: a clip or a list of clips (in the order of the placeholders across the batch): arrays or
-                tensors of float or int16 samples, or paths of audio files (decoded and resampled here).
+                tensors of float or int16 samples, or paths (or URLs, data URIs) of audio files (decoded and
+                resampled here).
             sampling_rate (`int`): the rate of the arrays; must be 16000 (files are resampled for you).
             semantic_audio_ids: per clip, the discrete semantic token ids at 12.5 Hz (one per audio token).
 
@@ -350,7 +351,7 @@ class MoEAudioProcessor(ProcessorMixin):
         Checked where audio is processed (`tokenize=True`)."""
         source = block.get("path", block.get("audio", block.get("url")))
         if isinstance(source, (str, os.PathLike)):
-            if not ("://" in os.fspath(source) or os.fspath(source).startswith("data:")):
+            if not is_remote_audio(os.fspath(source)):
                 check_audio_path(source, " in the conversation")
             return
         rate = block.get("sampling_rate", call_rate)

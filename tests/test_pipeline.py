@@ -1,7 +1,9 @@
 """transformers' `any-to-any` pipeline on a saved checkpoint, called as users call it: chats with audio files or
 arrays, one by one and batched, and raw text with an audio placeholder; answers equal `model.generate`'s (greedy)."""
 
+import base64
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +135,9 @@ def test_raw_text_with_an_audio_file_needs_no_sampling_rate(pipe, model, process
     expected = generated(model, processor, processor(text=[text], audio=[clips[1]]))
     assert answers(ask(pipe, text, audio=clips[1])) == expected
     assert pipe(text=text, audio=clips[1], max_new_tokens=NEW_TOKENS)[0]["generated_text"] == text + expected[0]
+    # A data URI of the same file, decoded by the processor too.
+    data_uri = "data:audio/wav;base64," + base64.b64encode(Path(clips[1]).read_bytes()).decode()
+    assert answers(ask(pipe, text, audio=data_uri)) == expected
 
     # Batched, as dicts of text and audio.
     rows = [{"text": text, "audio": path} for path in clips]
