@@ -383,13 +383,18 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_audio_features(
         self,
         input_features: torch.FloatTensor,
         input_features_mask: torch.Tensor | None = None,
         semantic_audio_ids: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> "MoEAudioFeaturesOutput":
         """Encode 30 s windows of log-mel features into audio embeddings, one row per real audio token.
+
+        Called as transformers' audio models are (serving engines such as vLLM pass `return_dict` and other
+        keyword arguments): `return_dict=False` gives a tuple, other keyword arguments are not used.
 
         Args:
             input_features: `(num_windows, num_mel_bins, 3000)` log-mel windows (a clip longer than 30 s spans
@@ -472,8 +477,11 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             or tuple(input_features_mask.shape) != (input_features.shape[0], expected[1])
         ):
             shape = tuple(input_features_mask.shape) if isinstance(input_features_mask, torch.Tensor) else None
+            # transformers' pipelines batch rows by keeping the first window of each row's input_features.
+            hint = (" With a pipeline, batch_size > 1 takes clips of one window at most (30 s for Whisper): pass longer "
+                    "clips with batch_size=1." if shape is not None and shape[0] > input_features.shape[0] else "")
             raise ValueError(f"input_features_mask has shape {shape}; it must be (windows, {expected[1]}), one row "
-                             "per window of input_features.")
+                             f"per window of input_features ({input_features.shape[0]}).{hint}")
 
     def _check_text_inputs(self, input_ids, input_features, cache) -> None:
         """On the first pass only: later generation steps feed back tokens the model itself produced."""
@@ -599,8 +607,8 @@ class MoEAudioForCausalLM(MoEAudioPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_audio_features(self, input_features, input_features_mask=None, semantic_audio_ids=None):
-        return self.model.get_audio_features(input_features, input_features_mask, semantic_audio_ids)
+    def get_audio_features(self, input_features, input_features_mask=None, semantic_audio_ids=None, **kwargs):
+        return self.model.get_audio_features(input_features, input_features_mask, semantic_audio_ids, **kwargs)
 
     @staticmethod
     def _router_loss_share(labels: torch.Tensor, num_items_in_batch) -> torch.Tensor | float:

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import torch
+from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import load_audio as _transformers_load_audio
 from transformers.processing_utils import ProcessorMixin
 
@@ -51,10 +52,39 @@ def check_audio_path(path: str | os.PathLike, where: str = "") -> str:
     return path
 
 
+def is_remote_audio(source) -> bool:
+    """A URL or a data URI, which transformers' loaders fetch; anything else given as a string is a local file."""
+    return isinstance(source, str) and ("://" in source or source.startswith("data:"))
+
+
 def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Decode an audio file (wav, flac, ogg, mp3: libsndfile) to mono float32 and resample it with soxr."""
-    path = check_audio_path(path)
+    """Decode an audio file (wav, flac, ogg, mp3: libsndfile), or a URL or data URI of one, to mono float32 and
+    resample it with soxr."""
+    if not is_remote_audio(path):
+        path = check_audio_path(path)
     return _transformers_load_audio(path, sampling_rate=sampling_rate, backend="soundfile")
+
+
+class MoEAudioFeatureExtractor(WhisperFeatureExtractor):
+    """Whisper's feature extractor, whose `fetch_audio` leaves files (paths, URLs, data URIs) to the processor.
+
+    The any-to-any pipeline decodes the files given as `audio=` with `fetch_audio` before it calls the processor, which
+    would then get bare arrays of unknown rate (and refuses them: an array needs its `sampling_rate`). Left as they
+    are, files are decoded and resampled by the processor's own rules. Saved as a `WhisperFeatureExtractor`, so
+    checkpoints load without this class; the processor makes its feature extractor one of these.
+    """
+
+    def fetch_audio(self, audio_url_or_urls, sampling_rate: int | None = None):
+        if isinstance(audio_url_or_urls, (list, tuple)) and audio_url_or_urls and isinstance(
+            audio_url_or_urls[0], (str, os.PathLike, list, tuple)
+        ):
+            return [self.fetch_audio(audio, sampling_rate) for audio in audio_url_or_urls]
+        if isinstance(audio_url_or_urls, (str, os.PathLike)):
+            return audio_url_or_urls
+        return super().fetch_audio(audio_url_or_urls, sampling_rate)
+
+    def to_dict(self):
+        return {**super().to_dict(), "feature_extractor_type": WhisperFeatureExtractor.__name__}
 
 
 def to_mono_float32(clip, index: int) -> np.ndarray:
@@ -135,6 +165,12 @@ class MoEAudioProcessor(ProcessorMixin):
         # comes back padding on the right, which breaks batched `generate`; this processor pads on the left unless a
         # call asks otherwise.
         tokenizer.padding_side = "left"
+        # Pipelines batch the rows they processed one by one, padding the text on the feature extractor's side (and
+        # refusing a tokenizer that disagrees): left, as for `generate`. Audio windows are padded on the right by
+        # `_process_audio` itself, whatever this says.
+        if type(feature_extractor) is WhisperFeatureExtractor:
+            feature_extractor = MoEAudioFeatureExtractor(**feature_extractor.to_dict())
+        feature_extractor.padding_side = "left"
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
 
     @property
@@ -157,7 +193,8 @@ class MoEAudioProcessor(ProcessorMixin):
         Args:
             text (`str` or `list[str]`): one prompt per batch row; write `audio_token` once per clip.
             audio: a clip or a list of clips (in the order of the placeholders across the batch): arrays or
-                tensors of float or int16 samples, or paths of audio files (decoded and resampled here).
+                tensors of float or int16 samples, or paths (or URLs, data URIs) of audio files (decoded and
+                resampled here).
             sampling_rate (`int`): the rate of the arrays; must be 16000 (files are resampled for you).
             semantic_audio_ids: per clip, the discrete semantic token ids at 12.5 Hz (one per audio token).
 
@@ -219,16 +256,25 @@ class MoEAudioProcessor(ProcessorMixin):
         return prepared
 
     def _process_audio(self, audio: list[np.ndarray], **kwargs):
-        windows, windows_per_clip = [], []
+        windows, window_lengths, windows_per_clip = [], [], []
+        padding_value = self.feature_extractor.padding_value
         for clip in audio:
             starts = range(0, clip.shape[0], self.window_samples)
-            windows.extend(clip[start : start + self.window_samples] for start in starts)
+            for start in starts:
+                window = clip[start : start + self.window_samples]
+                window_lengths.append(window.shape[0])
+                # Whisper takes full windows, padded on the right; the mask marks the real frames.
+                padding = (0, self.window_samples - window.shape[0])
+                windows.append(np.pad(window, padding, constant_values=padding_value))
             windows_per_clip.append(len(starts))
-        # Whisper takes full windows only: `padding=True` (meant for the text) or a text `max_length` must not shorten
-        # them; the mask marks the real frames.
+        # The windows are full already: `padding=True` (meant for the text) or a text `max_length` must not shorten them.
         full_windows = {"padding": "max_length", "max_length": self.window_samples, "pad_to_multiple_of": None}
-        features = self.feature_extractor(windows, **{**kwargs, **full_windows, "return_tensors": "pt"})
-        mask = features.pop("attention_mask")
+        features = self.feature_extractor(
+            windows, **{**kwargs, **full_windows, "return_attention_mask": False, "return_tensors": "pt"}
+        )
+        # Mel frame t covers the samples from t * hop_length on: it is real if that sample is (as Whisper's mask says).
+        frame_starts = torch.arange(features["input_features"].shape[-1]) * self.feature_extractor.hop_length
+        mask = (frame_starts[None, :] < torch.tensor(window_lengths)[:, None]).to(torch.int32)
         finite = torch.isfinite(features["input_features"]).flatten(1).all(-1)  # (windows,)
         if not finite.all():
             clip = int(np.searchsorted(np.cumsum(windows_per_clip), int((~finite).nonzero()[0, 0]), side="right"))
@@ -305,7 +351,7 @@ class MoEAudioProcessor(ProcessorMixin):
         Checked where audio is processed (`tokenize=True`)."""
         source = block.get("path", block.get("audio", block.get("url")))
         if isinstance(source, (str, os.PathLike)):
-            if not ("://" in os.fspath(source) or os.fspath(source).startswith("data:")):
+            if not is_remote_audio(os.fspath(source)):
                 check_audio_path(source, " in the conversation")
             return
         rate = block.get("sampling_rate", call_rate)
@@ -333,4 +379,4 @@ class MoEAudioProcessor(ProcessorMixin):
         return list(dict.fromkeys(names))
 
 
-__all__ = ["MoEAudioProcessor", "load_audio"]
+__all__ = ["MoEAudioFeatureExtractor", "MoEAudioProcessor", "load_audio"]
