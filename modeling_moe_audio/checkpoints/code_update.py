@@ -40,6 +40,11 @@ RELEASED_CODE = {
         "modeling_moe_audio.py": "e85aa1ad653bcd25411bc83cad2d2f0af572d966aa8cdf01b48e84b7f51c1e43",
         "processing_moe_audio.py": "d900408106245e42e221f887b87dccf7d3da3622a66b4d07e12585c6611f8901",
     },
+    "0.3.0": {
+        "configuration_moe_audio.py": "651774b5e1f5576a556ea307fdacdc0872e1addec4f67bcea014295484005325",
+        "modeling_moe_audio.py": "43ef048f79bcd0eee9ee382e14a188811a20edce90800aa4a1d1ac8a663689dc",
+        "processing_moe_audio.py": "c2073c6f181946610aeb0f2a5f8394eef0d9c0c6faea514108d976ade98a526a",
+    },
 }
 
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
