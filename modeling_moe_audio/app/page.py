@@ -180,7 +180,8 @@ def build_app(checkpoint, corpus=None, corpus_limit: int | None = None, max_new_
         gr.Markdown("## moe-audio: ask about a clip\n" + demo_model.describe())
         with gr.Row():
             with gr.Column():
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip", elem_id="clip")
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip", elem_id="clip",
+                                 buttons=["download"])
                 question = gr.Textbox(label="Question", placeholder="What kind of audio is this?", lines=1,
                                       elem_id="question")
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
@@ -188,7 +189,7 @@ def build_app(checkpoint, corpus=None, corpus_limit: int | None = None, max_new_
                 answer = gr.Textbox(label="Answer", interactive=False, lines=2, elem_id="answer")
                 status = gr.Markdown(elem_id="status")
         picture = gr.Image(label="Routing of the clip's audio tokens", type="pil", interactive=False,
-                           visible=demo_model.has_experts, elem_id="routing")
+                           visible=demo_model.has_experts, elem_id="routing", buttons=["download", "fullscreen"])
         for trigger in (ask.click, question.submit):
             trigger(respond, inputs=[audio, question], outputs=[answer, status, picture])
     page.demo_model = demo_model
