@@ -214,7 +214,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def chromium_or_skip() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
+    """The Chromium to drive (MOE_AUDIO_CHROMIUM, else `chromium` on the PATH, else /usr/bin/chromium); without it
+    the test skips, or fails under MOE_AUDIO_REQUIRE_BROWSER=1."""
+    path = os.environ.get("MOE_AUDIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     missing = None
     if not Path(path).is_file():
         missing = "Chromium is not installed: apt-get install chromium (the browser test drives /usr/bin/chromium)"
@@ -230,15 +232,26 @@ def chromium_or_skip() -> str:
     return path
 
 
+def test_without_chromium_the_browser_test_skips_or_fails_as_required(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOE_AUDIO_CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.delenv("MOE_AUDIO_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        chromium_or_skip()
+    monkeypatch.setenv("MOE_AUDIO_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="MOE_AUDIO_REQUIRE_BROWSER=1"):
+        chromium_or_skip()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def drive_page(page_model, clip_path, question, screenshot=None, timeout_s=60):
-    """Serve the page for `page_model`, upload the clip in Chromium, ask, and wait for the answer. Returns
-    (answer text, routing picture's natural size or None, status text, requests to other hosts)."""
+def drive_page(page_model, clip_path, question, screenshot=None, timeout_s=60, microphone=False):
+    """Serve the page for `page_model`, upload the clip in Chromium (or, with `microphone`, record it from
+    Chromium's fake microphone, which plays the file), ask, and wait for the answer. Returns (answer text, routing
+    picture's natural size or None, status text, requests to other hosts)."""
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -247,8 +260,11 @@ def drive_page(page_model, clip_path, question, screenshot=None, timeout_s=60):
     elsewhere = []
     try:
         with sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=chromium_or_skip(), args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            fake_microphone = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                               f"--use-file-for-fake-audio-capture={clip_path}"] if microphone else []
+            browser = driver.chromium.launch(executable_path=chromium_or_skip(), args=CHROMIUM_ARGS + fake_microphone)
+            context = browser.new_context(viewport={"width": 1280, "height": 1000},
+                                          permissions=["microphone"] if microphone else [])
 
             def only_local(route):
                 host = route.request.url.split("/")[2] if "://" in route.request.url else ""
@@ -262,7 +278,13 @@ def drive_page(page_model, clip_path, question, screenshot=None, timeout_s=60):
             page = context.new_page()
             page.set_default_timeout(timeout_s * 1000)
             page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#clip input[type=file]").set_input_files(str(clip_path))
+            if microphone:
+                page.locator("#clip button[aria-label='Record audio']").click()
+                page.locator("#clip button:has-text('Record')").first.click()
+                time.sleep(soundfile.info(clip_path).duration + 0.5)
+                page.locator("#clip button:has-text('Stop')").first.click()
+            else:
+                page.locator("#clip input[type=file]").set_input_files(str(clip_path))
             page.locator("#clip audio, #clip .waveform-container, #clip [data-testid='waveform-controls']").first \
                 .wait_for(state="attached")
             page.locator("#question textarea").fill(question)
@@ -304,3 +326,18 @@ def test_browser_dense_page(dense_page_model, clip_path, tmp_path):
     assert answer == greedy_answer(dense_page_model, clip_path)
     assert size is None and "no experts" in status
     assert not elsewhere, f"the page tried to reach other hosts: {elsewhere}"
+
+
+@pytest.mark.slow
+def test_browser_records_with_the_microphone(moe_page_model, clip_path, monkeypatch):
+    """Chromium's fake microphone plays the clip; what the page recorded is answered like an uploaded file."""
+    chromium_or_skip()
+    received = []
+    read_clip = moe_page_model.read_clip
+    monkeypatch.setattr(moe_page_model, "read_clip", lambda audio: received.append(audio) or read_clip(audio))
+    answer, size, status, elsewhere = drive_page(moe_page_model, clip_path, QUESTION, microphone=True)
+    assert "Done" in status and size is not None, status
+    (recording,) = received
+    assert soundfile.info(recording).duration > 1.0
+    assert answer == greedy_answer(moe_page_model, recording)
+    assert not elsewhere
