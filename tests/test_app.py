@@ -307,10 +307,14 @@ def drive_page(page_model, clip_path, question, screenshot=None, timeout_s=60, m
 
 
 @pytest.mark.slow
-def test_browser_moe_page(moe_page_model, clip_path, tmp_path):
+def test_browser_moe_page(moe_page_model, clip_path, tmp_path, monkeypatch):
     chromium_or_skip()
+    # Every connection this process opens (Gradio's server side: analytics, version checks, share tunnels).
+    opened, connect = [], socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", lambda sock, address: opened.append(address) or connect(sock, address))
     started = time.monotonic()
     answer, size, status, elsewhere = drive_page(moe_page_model, clip_path, QUESTION, tmp_path / "moe.png")
+    assert all(address[0] in ("127.0.0.1", "::1", "localhost") for address in opened if isinstance(address, tuple)), opened
     assert answer == greedy_answer(moe_page_model, clip_path)
     assert size is not None and size[0] > 400 and size[1] > 200, size
     assert "Done" in status

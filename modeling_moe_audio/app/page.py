@@ -161,7 +161,8 @@ class DemoModel:
 def build_app(checkpoint, corpus=None, corpus_limit: int | None = None, max_new_tokens: int = 32,
               max_audio_seconds: float = 30.0, demo_model: DemoModel | None = None):
     """The page as a `gr.Blocks` (start it with `launch_app`, or `.launch()` yourself)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Off for the whole process, not only for this Blocks: Gradio's module-level helpers read the variable.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio as gr
     except ImportError as error:
@@ -197,9 +198,24 @@ def build_app(checkpoint, corpus=None, corpus_limit: int | None = None, max_new_
 
 
 def launch_app(page, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve the page on `host:port`, never with a share link (nothing leaves this machine)."""
+    """Serve the page on `host:port`, never with a share link (nothing leaves this machine); with `block`, until
+    Ctrl+C."""
+    try:
+        return _serve(page, host, port, block)
+    except KeyboardInterrupt:  # Ctrl+C while starting: stop without a traceback, as Ctrl+C while serving does
+        page.close()
+        return None
+
+
+def _serve(page, host: str, port: int, block: bool):
+    try:
+        served = page.queue().launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                                     ssr_mode=False, prevent_thread_lock=True, show_error=True, quiet=True)
+    except OSError as error:
+        raise OSError(f"Cannot serve the page on {host}:{port}: the port is taken, or the address is not one of "
+                      f"this machine's; pass another --port (or --host). ({str(error).split('. ')[0]}.)") from None
     if block:
         print(f"moe-audio app: serving {page.demo_model.checkpoint} on http://{host}:{port} (Ctrl+C stops it)",
               flush=True)
-    return page.queue().launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                               prevent_thread_lock=not block, show_error=True, quiet=True)
+        page.block_thread()
+    return served

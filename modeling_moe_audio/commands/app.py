@@ -4,8 +4,8 @@ Record or upload a clip, ask a question, and watch the greedy answer stream in. 
 draws which experts each 80 ms audio token of the clip was routed to, with their weights, under the waveform, and
 the clip's expert shares against the model's average: the shares logged in training when the checkpoint kept them
 (trainer_state.json or its TensorBoard logs), the average over `--corpus` when given, else an even share. Needs the
-`app` extra (`pip install "moe-audio[app]"`: Gradio). The page is served on this machine only: no share link, no
-analytics, nothing fetched from the internet.
+`app` extra (`pip install "moe-audio[app]"`: Gradio). By default the page is served to this machine only
+(127.0.0.1); there is no share link, no analytics, and nothing is fetched from the internet.
 """
 
 from .common import command_parser, run
@@ -33,9 +33,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit('error: the web demo needs Gradio, which is not installed: pip install "moe-audio[app]"')
     from ..app.page import build_app, launch_app
 
-    page = run(build_app, args.checkpoint, corpus=args.corpus, corpus_limit=args.corpus_limit,
-               max_new_tokens=args.max_new_tokens, max_audio_seconds=args.max_audio_seconds)
-    run(launch_app, page, host=args.host, port=args.port)
+    try:
+        page = run(build_app, args.checkpoint, corpus=args.corpus, corpus_limit=args.corpus_limit,
+                   max_new_tokens=args.max_new_tokens, max_audio_seconds=args.max_audio_seconds)
+        run(launch_app, page, host=args.host, port=args.port)
+    except KeyboardInterrupt:  # Ctrl+C while the checkpoint loads: stop quietly, as Ctrl+C while serving does
+        sys.exit(130)
 
 
 if __name__ == "__main__":
