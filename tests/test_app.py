@@ -197,6 +197,15 @@ def test_build_app_wires_the_page(moe_page_model):
     assert not page.analytics_enabled
 
 
+def test_a_taken_port_is_named(moe_page_model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"Cannot serve the page on 127.0.0.1:{port}: the port is taken"):
+            launch_app(build_app(None, demo_model=moe_page_model), port=port, block=False)
+
+
 def test_app_command_names_a_missing_checkpoint(tmp_path, capsys):
     from modeling_moe_audio.commands.main import main
 

@@ -820,6 +820,7 @@ APP_ROWS = [
     Row("a silent clip", page_clip(np.zeros(16000, dtype="float32")), ValueError, "The clip is silent"),
     Row("a clip over the page's limit", page_clip(np.full(31 * 8000, 0.1, dtype="float32"), rate=8000), ValueError,
         "lasts 31.0 s, over this page's limit of 30 s"),
+    Row("an empty wav file", page_clip(np.zeros(0, dtype="float32")), ValueError, "empty"),
     Row("a file that is not audio", page_clip(raw=b"not audio at all"), ValueError, "Cannot read the audio file clip.wav"),
     Row("an empty question", lambda tmp, page: page.read_question("  \n"), ValueError, "No question"),
     Row("a quiet but audible clip is accepted", page_clip(np.full(16000, 0.01, dtype="float32")),
