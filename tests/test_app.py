@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 pytest.importorskip("gradio", reason='the web demo needs Gradio: pip install "moe-audio[app]"')
 

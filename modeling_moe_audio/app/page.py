@@ -55,9 +55,10 @@ class DemoModel:
     def describe(self) -> str:
         config = self.model.config
         if self.has_experts:
+            shared = " plus a shared expert" if getattr(config, "shared_expert_intermediate_size", 0) else ""
             return (f"**{self.checkpoint}**: MoE adapter, {config.num_experts} experts, top-{config.num_experts_per_tok}"
-                    f"{' plus a shared expert' if getattr(config, 'num_shared_experts', 0) else ''}. Answers are greedy "
-                    f"(at most {self.max_new_tokens} tokens); clips up to {self.max_audio_seconds:g} s.")
+                    f"{shared}. Answers are greedy (at most {self.max_new_tokens} tokens); clips up to "
+                    f"{self.max_audio_seconds:g} s.")
         return (f"**{self.checkpoint}**: " + DENSE_NOTE.format(adapter_type=getattr(config, "adapter_type", None))
                 + f" Answers are greedy (at most {self.max_new_tokens} tokens); clips up to {self.max_audio_seconds:g} s.")
 
