@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -927,3 +928,73 @@ UPCYCLE_ROWS = [
 @cases(UPCYCLE_ROWS)
 def test_upcycling(row, tmp_path, saved_checkpoint):
     play(row, tmp_path, saved_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The web demo (`moe-audio app`): the page shows these messages in its status line (tests/test_app.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page_model(tiny_checkpoint):
+    from modeling_moe_audio.app.page import DemoModel
+
+    return DemoModel(tiny_checkpoint)
+
+
+def page_clip(samples=None, rate=16000, raw: bytes | None = None):
+    def run(tmp_path, page_model):
+        import soundfile
+
+        path = tmp_path / "clip.wav"
+        if raw is not None:
+            path.write_bytes(raw)
+        else:
+            soundfile.write(path, samples, rate)
+        return page_model.read_clip(str(path))
+    return run
+
+
+def page_model_with(**kwargs):
+    def run(tmp_path, checkpoint):
+        from modeling_moe_audio.app.page import DemoModel
+
+        return DemoModel(checkpoint, **kwargs)
+    return run
+
+
+APP_ROWS = [
+    Row("no clip recorded or uploaded", lambda tmp, page: page.read_clip(None), ValueError, "No audio"),
+    Row("a silent clip", page_clip(np.zeros(16000, dtype="float32")), ValueError, "The clip is silent"),
+    Row("a clip over the page's limit", page_clip(np.full(31 * 8000, 0.1, dtype="float32"), rate=8000), ValueError,
+        "lasts 31.0 s, over this page's limit of 30 s"),
+    Row("an empty wav file", page_clip(np.zeros(0, dtype="float32")), ValueError, "empty"),
+    Row("a file that is not audio", page_clip(raw=b"not audio at all"), ValueError, "Cannot read the audio file clip.wav"),
+    Row("an empty question", lambda tmp, page: page.read_question("  \n"), ValueError, "No question"),
+    Row("a quiet but audible clip is accepted", page_clip(np.full(16000, 0.01, dtype="float32")),
+        check=lambda clip: clip.shape == (16000,)),
+]
+
+
+@cases(APP_ROWS)
+def test_web_demo_input(row, tmp_path, page_model):
+    play(row, tmp_path, page_model)
+
+
+APP_START_ROWS = [
+    Row("a checkpoint folder that does not exist", lambda tmp, ckpt: page_model_with()(tmp, tmp / "nothing-here"),
+        FileNotFoundError, "does not exist"),
+    Row("no new tokens to answer with", page_model_with(max_new_tokens=0), ValueError, "max_new_tokens must be at least 1"),
+    Row("a zero clip limit", page_model_with(max_audio_seconds=0), ValueError, "max_audio_seconds must be positive"),
+]
+
+
+@cases(APP_START_ROWS)
+def test_web_demo_start(row, tmp_path, saved_checkpoint):
+    play(row, tmp_path, saved_checkpoint)
+
+
+def test_web_demo_corpus_needs_experts(tmp_path, tiny_dense_checkpoint, make_corpus):
+    manifest = make_corpus(0, {"train": 2})["train"]
+    play(Row("--corpus for a dense checkpoint", page_model_with(corpus=manifest), ValueError,
+             "--corpus is for MoE checkpoints"), tmp_path, tiny_dense_checkpoint)

@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("train", "fine-tune a checkpoint with the Trainer on JSONL manifests (all TrainingArguments flags)"),
     "evaluate": ("evaluate", "multiple-choice audio QA (MMAU, VoiceBench) by greedy generation, with the modality gap"),
     "analyze": ("analyze", "expert heatmap and gradient conflicts between categories (paper section 5)"),
+    "app": ("app", "a local web page: ask about a clip, stream the answer, see which experts each audio token used"),
     "demo": ("demo", "train and compare the tiny MoE and dense models on the built-in corpus"),
     "compare": ("compare", "train configurations (MoE, dense, ablations) over several seeds: mean, spread, 95%% intervals"),
     "ablate": ("ablate", "train the Table 2/3 ablations at tiny scale on the built-in corpus"),
