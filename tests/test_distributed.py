@@ -1,5 +1,8 @@
-"""FSDP on two CPU processes (gloo), through `moe-audio train`'s Trainer flags and `examples/fsdp_config.json`."""
+"""Sharded training on two CPU processes (gloo): `moe-audio train` with FSDP, launched by torchrun with the Trainer's
+flags and `examples/fsdp_config.json` and by `accelerate launch` with `examples/accelerate_fsdp.yaml`, and with
+DeepSpeed ZeRO-2 (`examples/deepspeed_zero2.json`) where DeepSpeed is installed."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,8 +11,10 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
+from transformers.utils import is_accelerate_available
 
 from helpers import ROOT
+from modeling_moe_audio.training.trainer import FSDP_MIN_ACCELERATE
 from remote_code import run_without_package
 
 
@@ -44,22 +49,65 @@ def weight_names(folder):
         return set(weights.keys())
 
 
-@pytest.mark.slow
-def test_fsdp_on_two_cpu_processes_matches_one_process_and_its_checkpoints_load(tiny_checkpoint, corpus, tmp_path):
+EXAMPLES = ROOT / "examples"
+LAUNCHERS = {
+    "torchrun-trainer-flags": (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        ["--fsdp", "--fsdp_config", str(EXAMPLES / "fsdp_config.json")],
+    ),
+    # The GPU config as users copy it, with the command-line overrides a 2-process CPU run needs.
+    "accelerate-launch-yaml": (
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "accelerate_fsdp.yaml"),
+         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0"],
+        [],
+    ),
+    # DeepSpeed's CPU accelerator (gloo and its shared-memory op): a run of the config, not of DeepSpeed's GPU kernels.
+    # ZeRO-3 does not run so on CPU: the weights are partitioned as they load (`deepspeed.zero.Init`), before anything
+    # has set up DeepSpeed's communication (accelerate does it on GPUs only), so DeepSpeed counts one process
+    # ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size 4 != 2 * 1 * 1").
+    "torchrun-deepspeed-zero2": (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        ["--deepspeed", str(EXAMPLES / "deepspeed_zero2.json")],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tiny_checkpoint, corpus, tmp_path_factory):
     from modeling_moe_audio.commands import train
 
-    single, sharded = tmp_path / "single", tmp_path / "fsdp"
-    train.main(train_args(tiny_checkpoint, corpus, single, batch_size=4))
+    output_dir = tmp_path_factory.mktemp("single") / "run"
+    train.main(train_args(tiny_checkpoint, corpus, output_dir, batch_size=4))
+    return output_dir
+
+
+needs_fsdp_accelerate = pytest.mark.skipif(not is_accelerate_available(FSDP_MIN_ACCELERATE),
+                                           reason=f"FSDP needs accelerate>={FSDP_MIN_ACCELERATE} (the `fsdp` extra)")
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed (not a dependency of moe-audio)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [
+    pytest.param(name, marks=needs_deepspeed if "deepspeed" in name else needs_fsdp_accelerate) for name in LAUNCHERS
+])
+def test_sharded_training_on_two_cpu_processes_matches_one_process_and_its_checkpoints_load(
+    launcher, tiny_checkpoint, corpus, single_process_run, tmp_path
+):
+    single, sharded = single_process_run, tmp_path / "sharded"
+    launch, sharding_flags = LAUNCHERS[launcher]
     in_memory = tmp_path / "in-memory.pt"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "fsdp_worker.py"), *train_args(tiny_checkpoint, corpus, sharded, batch_size=2),
-         "--fsdp", "--fsdp_config", str(ROOT / "examples" / "fsdp_config.json")],
+        [*launch, str(ROOT / "tests" / "fsdp_worker.py"), *train_args(tiny_checkpoint, corpus, sharded, batch_size=2),
+         *sharding_flags],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "IN_MEMORY_LOGITS": str(in_memory)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # Really sharded: DDP's reducer is never built (accelerate alone would have fallen back to it on CPU).
+    # Really sharded (accelerate alone would have fallen back to DDP for FSDP on CPU): FSDP's or DeepSpeed's own
+    # resumable copy of the weights is saved, and DDP's reducer is never built.
+    own_format = "global_step2" if "deepspeed" in launcher else "pytorch_model_fsdp.bin"
+    assert (sharded / "checkpoint-2" / own_format).exists()
     assert "find_unused_parameters" not in result.stderr
 
     # The same global batch of 4 at every step (2 rows on each of 2 ranks): the same losses, up to float32 summation

@@ -7,6 +7,7 @@ AdamW with betas (0.9, 0.95), a warmup-stable-decay schedule (decay over the las
 """
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import is_accelerate_available
 
 from ..checkpoints.loading import load_checkpoint
 
@@ -78,6 +80,7 @@ def _checked_manifest(role: str, path: str, script_args: MoEAudioTrainArguments)
 
 
 STAGING_PREFIX = ".saving-"  # saves are written under this name, then renamed into place
+FSDP_MIN_ACCELERATE = "1.7.0"  # FSDP2 saves full state dicts from 1.7 (1.6: "FSDP2 only supports SHARDED_STATE_DICT")
 
 
 @contextlib.contextmanager
@@ -114,28 +117,59 @@ def share_tied_weights(state_dict: dict | None, model) -> dict | None:
     return state_dict
 
 
+def wrap_only_layers_the_model_has(fsdp_plugin, model) -> None:
+    """Shard each layer named in `_no_split_modules` that `model` has, as its own FSDP unit.
+
+    `_no_split_modules` names the classes of every configuration (`DenseAdapter` and `MoEAdapter`, Whisper's decoder
+    layers); accelerate before 1.16 stops at the first one a model lacks ("Could not find the transformer layer class
+    DenseAdapter"). A class list given in the FSDP config (`transformer_layer_cls_to_wrap`) is left as it is.
+    """
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    policy = fsdp_plugin.auto_wrap_policy
+    if getattr(policy, "func", policy) is not transformer_auto_wrap_policy or fsdp_plugin.transformer_cls_names_to_wrap:
+        return
+    present = {type(module).__name__ for module in model.modules()}
+    fsdp_plugin.transformer_cls_names_to_wrap = sorted(set(getattr(model, "_no_split_modules", None) or ()) & present)
+
+
 class MoEAudioTrainer(Trainer):
     """The `Trainer`, with each checkpoint written under a temporary name and renamed once complete: a run killed
     during a save leaves no half-written `checkpoint-N` (a 0-byte config.json) for a later resume to trip over.
     `--fsdp` also shards on CPU processes (gloo), where accelerate alone would quietly fall back to DDP."""
 
     def create_accelerator_and_postprocess(self) -> None:
+        fsdp_asked = self.args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP") == "true"
+        if fsdp_asked and not is_accelerate_available(FSDP_MIN_ACCELERATE):
+            raise ValueError(
+                f"FSDP needs accelerate>={FSDP_MIN_ACCELERATE} (FSDP2 with full state dicts); this is accelerate "
+                f"{importlib.metadata.version('accelerate')}. Run: pip install 'moe-audio[fsdp]'"
+            )
         super().create_accelerator_and_postprocess()
-        if self.args.fsdp_plugin_args is None or self.is_fsdp_enabled:
-            return
+        if not self.is_fsdp_enabled:
+            self._shard_on_cpu_if_asked()
+        if self.is_fsdp_enabled:
+            wrap_only_layers_the_model_has(self.accelerator.state.fsdp_plugin, self.model)
+
+    def _shard_on_cpu_if_asked(self) -> None:
         from accelerate.state import PartialState
         from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
         state = self.accelerator.state
+        from_flags = self.args.fsdp_plugin_args is not None  # --fsdp, --fsdp_config
+        # `accelerate launch --config_file` with `distributed_type: FSDP` asks for it through FSDP_* variables.
+        from_launcher = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if not (from_flags or from_launcher and state.distributed_type == DistributedType.MULTI_CPU):
+            return
+        plugin = FullyShardedDataParallelPlugin(**(self.args.fsdp_plugin_args if from_flags else {}))
         # accelerate turns FSDP on only for accelerator devices (its MULTI_GPU/XPU/... branch); on CPU it drops the
         # plugin and wraps the model in DDP. torch's FSDP2 (`fully_shard`) runs on CPU with gloo, so turn it on here.
-        if state.distributed_type != DistributedType.MULTI_CPU or self.args.fsdp_plugin_args["fsdp_version"] != 2:
+        if state.distributed_type != DistributedType.MULTI_CPU or plugin.fsdp_version != 2:
             raise ValueError(
-                f"--fsdp was given, but accelerate set up {state.distributed_type.value} without FSDP. On CPU, "
+                f"FSDP was asked for, but accelerate set up {state.distributed_type.value} without it. On CPU, "
                 "moe-audio shards with FSDP2 only (fsdp_config version 2, the default); on GPUs launch with "
                 "`torchrun` or `accelerate launch` and without --use_cpu."
             )
-        plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
         if state.mixed_precision != "no":
             plugin.set_mixed_precision(state.mixed_precision)
         # Where accelerate does turn FSDP on, it records it in both states (`AcceleratorState.__init__`): do the same.
@@ -259,7 +293,7 @@ def save_final(trainer: Trainer, output_dir: str | Path, summary: str = "") -> P
     state_dict = None
     if trainer.is_fsdp_enabled:
         state_dict = trainer.accelerator.get_state_dict(model)
-    elif trainer.is_deepspeed_enabled:  # not run here: DeepSpeed needs GPUs
+    elif trainer.is_deepspeed_enabled:
         state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
