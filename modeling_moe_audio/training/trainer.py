@@ -7,6 +7,8 @@ AdamW with betas (0.9, 0.95), a warmup-stable-decay schedule (decay over the las
 `lr_scheduler_kwargs` says otherwise), TensorBoard logs under `output_dir/runs`.
 """
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -14,8 +16,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import Trainer, TrainingArguments
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import is_accelerate_available
 
 from ..checkpoints.loading import load_checkpoint
 
@@ -115,11 +119,114 @@ def _checked_data(role: str, script_args: MoEAudioTrainArguments):
 
 
 STAGING_PREFIX = ".saving-"  # saves are written under this name, then renamed into place
+FSDP_MIN_ACCELERATE = "1.7.0"  # FSDP2 saves full state dicts from 1.7 (1.6: "FSDP2 only supports SHARDED_STATE_DICT")
+
+
+@contextlib.contextmanager
+def original_class(model):
+    """`model` with its own class while it saves, if FSDP2 gave it another.
+
+    `fully_shard` swaps a module's class for a subclass made on the fly (`FSDPMoEAudioForCausalLM`, defined in a
+    torch module): `save_pretrained` would copy torch's `_fsdp_*.py` files in place of the model code and point
+    `auto_map` at them. Saving with a full state dict needs none of FSDP's methods, so the class can go back.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    if not issubclass(sharded_class, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
+
+
+def share_tied_weights(state_dict: dict | None, model) -> dict | None:
+    """`state_dict` with each tied weight's copy sharing its source tensor again.
+
+    FSDP's full state dict holds a tied weight (`lm_head.weight`, tied to the embeddings) as two equal tensors;
+    `save_pretrained` leaves out only copies that share storage, so it would write both.
+    """
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if state_dict and target in state_dict and source in state_dict and torch.equal(state_dict[target],
+                                                                                         state_dict[source]):
+            state_dict[target] = state_dict[source]
+    return state_dict
+
+
+def wrap_only_layers_the_model_has(fsdp_plugin, model) -> None:
+    """Shard each layer named in `_no_split_modules` that `model` has, as its own FSDP unit.
+
+    `_no_split_modules` names the classes of every configuration (`DenseAdapter` and `MoEAdapter`, Whisper's decoder
+    layers); accelerate before 1.16 stops at the first one a model lacks ("Could not find the transformer layer class
+    DenseAdapter"). A class list given in the FSDP config (`transformer_layer_cls_to_wrap`) is left as it is.
+    """
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    policy = fsdp_plugin.auto_wrap_policy
+    if getattr(policy, "func", policy) is not transformer_auto_wrap_policy or fsdp_plugin.transformer_cls_names_to_wrap:
+        return
+    present = {type(module).__name__ for module in model.modules()}
+    fsdp_plugin.transformer_cls_names_to_wrap = sorted(set(getattr(model, "_no_split_modules", None) or ()) & present)
 
 
 class MoEAudioTrainer(Trainer):
     """The `Trainer`, with each checkpoint written under a temporary name and renamed once complete: a run killed
-    during a save leaves no half-written `checkpoint-N` (a 0-byte config.json) for a later resume to trip over."""
+    during a save leaves no half-written `checkpoint-N` (a 0-byte config.json) for a later resume to trip over.
+    `--fsdp` also shards on CPU processes (gloo), where accelerate alone would quietly fall back to DDP."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        fsdp_asked = self.args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP") == "true"
+        if fsdp_asked and not is_accelerate_available(FSDP_MIN_ACCELERATE):
+            raise ValueError(
+                f"FSDP needs accelerate>={FSDP_MIN_ACCELERATE} (FSDP2 with full state dicts); this is accelerate "
+                f"{importlib.metadata.version('accelerate')}. Run: pip install 'accelerate>={FSDP_MIN_ACCELERATE}'"
+            )
+        super().create_accelerator_and_postprocess()
+        if not self.is_fsdp_enabled:
+            self._shard_on_cpu_if_asked()
+        if self.is_fsdp_enabled:
+            wrap_only_layers_the_model_has(self.accelerator.state.fsdp_plugin, self.model)
+
+    def _shard_on_cpu_if_asked(self) -> None:
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        from_flags = self.args.fsdp_plugin_args is not None  # --fsdp, --fsdp_config
+        # `accelerate launch --config_file` with `distributed_type: FSDP` asks for it through FSDP_* variables.
+        from_launcher = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if not (from_flags or from_launcher and state.distributed_type == DistributedType.MULTI_CPU):
+            return
+        plugin = FullyShardedDataParallelPlugin(**(self.args.fsdp_plugin_args if from_flags else {}))
+        # accelerate turns FSDP on only for accelerator devices (its MULTI_GPU/XPU/... branch); on CPU it drops the
+        # plugin and wraps the model in DDP. torch's FSDP2 (`fully_shard`) runs on CPU with gloo, so turn it on here.
+        if state.distributed_type != DistributedType.MULTI_CPU or plugin.fsdp_version != 2:
+            raise ValueError(
+                f"FSDP was asked for, but accelerate set up {state.distributed_type.value} without it. On CPU, "
+                "moe-audio shards with FSDP2 only (fsdp_config version 2, the default); on GPUs launch with "
+                "`torchrun` or `accelerate launch` and without --use_cpu."
+            )
+        if state.mixed_precision != "no":
+            plugin.set_mixed_precision(state.mixed_precision)
+        # Where accelerate does turn FSDP on, it records it in both states (`AcceleratorState.__init__`): do the same.
+        state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        state.fsdp_plugin = plugin
+        # Once more, on the state now set up for FSDP: the Trainer sees FSDP and runs its own FSDP checks.
+        super().create_accelerator_and_postprocess()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # With fsdp_config state_dict_type SHARDED_STATE_DICT the Trainer writes the weights only in FSDP's sharded
+        # format (kept, for resuming): gather them as well, so that every checkpoint loads with from_pretrained.
+        if self.is_fsdp_enabled and "SHARDED" in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+        super().save_model(output_dir, _internal_call)
+
+    def _save(self, output_dir=None, state_dict=None) -> None:
+        with original_class(self.model):
+            super()._save(output_dir, share_tied_weights(state_dict, self.model))
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = Path(self._get_output_dir(trial=trial))
@@ -149,6 +256,9 @@ def paper_training_arguments(output_dir: str | Path, **overrides) -> TrainingArg
 
 def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingArguments) -> Trainer:
     """The model set up for its stage, the data, and a `Trainer` with the aux-loss callback first in line."""
+    # LoRA's weights are drawn before the Trainer seeds: seed here, so that --seed decides them and every rank draws
+    # the same ones (FSDP, unlike DDP, does not copy rank 0's weights to the others).
+    set_seed(training_args.seed)
     model, processor = load_checkpoint(script_args.model)
     if script_args.aux_loss_coef is not None:  # the configured lambda, which the saved config records
         model.config.router_aux_loss_coef = model.router_aux_loss_coef = script_args.aux_loss_coef
@@ -222,10 +332,17 @@ def save_final(trainer: Trainer, output_dir: str | Path, summary: str = "") -> P
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    # Under FSDP (and DeepSpeed ZeRO-3) each rank holds a shard of each weight: every rank joins in gathering the
+    # full state dict, as the Trainer's own `save_model` does.
+    state_dict = None
+    if trainer.is_fsdp_enabled:
+        state_dict = trainer.accelerator.get_state_dict(model)
+    elif trainer.is_deepspeed_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir) as staging:
-            model.save_pretrained(staging)
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir) as staging, original_class(model):
+            model.save_pretrained(staging, state_dict=share_tied_weights(state_dict, model))
             trainer.processing_class.save_pretrained(staging)
             write_model_card(staging, training_summary=summary or None)
             for path in Path(staging).iterdir():
