@@ -11,10 +11,8 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from transformers.utils import is_accelerate_available
 
 from helpers import ROOT
-from modeling_moe_audio.training.trainer import FSDP_MIN_ACCELERATE
 from remote_code import run_without_package
 
 
@@ -81,15 +79,13 @@ def single_process_run(tiny_checkpoint, corpus, tmp_path_factory):
     return output_dir
 
 
-needs_fsdp_accelerate = pytest.mark.skipif(not is_accelerate_available(FSDP_MIN_ACCELERATE),
-                                           reason=f"FSDP needs accelerate>={FSDP_MIN_ACCELERATE} (the `fsdp` extra)")
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                      reason="DeepSpeed is not installed (not a dependency of moe-audio)")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [
-    pytest.param(name, marks=needs_deepspeed if "deepspeed" in name else needs_fsdp_accelerate) for name in LAUNCHERS
+    pytest.param(name, marks=needs_deepspeed if "deepspeed" in name else ()) for name in LAUNCHERS
 ])
 def test_sharded_training_on_two_cpu_processes_matches_one_process_and_its_checkpoints_load(
     launcher, tiny_checkpoint, corpus, single_process_run, tmp_path

@@ -6,9 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers.utils import is_accelerate_available
 
-from modeling_moe_audio.training.trainer import FSDP_MIN_ACCELERATE
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -26,12 +24,6 @@ def test_quickstart_runs():
 # Read here by the code that reads them in a real run; the FSDP ones and ZeRO-2 also train in tests/test_distributed.py
 # (2 CPU processes; ZeRO-2 where DeepSpeed is installed).
 
-needs_fsdp_accelerate = pytest.mark.skipif(
-    not is_accelerate_available(FSDP_MIN_ACCELERATE), reason=f"FSDP needs accelerate>={FSDP_MIN_ACCELERATE}"
-)
-
-
-@needs_fsdp_accelerate
 def test_the_trainer_reads_the_fsdp_config_as_fsdp2_with_full_state_dicts(tmp_path):
     from accelerate.utils import FullyShardedDataParallelPlugin
     from transformers import TrainingArguments
@@ -44,7 +36,6 @@ def test_the_trainer_reads_the_fsdp_config_as_fsdp2_with_full_state_dicts(tmp_pa
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
 
 
-@needs_fsdp_accelerate
 def test_accelerate_launch_reads_the_fsdp_yaml_as_fsdp2_with_full_state_dicts(monkeypatch):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import FullyShardedDataParallelPlugin
