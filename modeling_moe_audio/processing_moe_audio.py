@@ -84,7 +84,10 @@ class MoEAudioFeatureExtractor(WhisperFeatureExtractor):
         return super().fetch_audio(audio_url_or_urls, sampling_rate)
 
     def to_dict(self):
-        return {**super().to_dict(), "feature_extractor_type": WhisperFeatureExtractor.__name__}
+        # Saved as Whisper's own, padding on the right as audio is padded: whoever reads the file without this class
+        # (a plain WhisperFeatureExtractor, the code of an older moe-audio) pads audio as Whisper was trained. The
+        # processor turns the loaded extractor back into this class, padding text on the left.
+        return {**super().to_dict(), "feature_extractor_type": WhisperFeatureExtractor.__name__, "padding_side": "right"}
 
 
 def to_mono_float32(clip, index: int) -> np.ndarray:

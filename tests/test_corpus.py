@@ -242,20 +242,24 @@ class NearestCentroid:
         return [self.classes[i] for i in distances.argmin(axis=1)]
 
 
-@pytest.fixture(scope="module")
-def probe_accuracies(probe_train, probe_test):
+def probe(train_examples, test_examples, task_names) -> dict[str, float]:
     """Accuracy per task of a classifier fitted on the train split's clips and scored on the test split's."""
-    clips = {e.clip_id: e.audio for e in probe_train + probe_test}
+    clips = {e.clip_id: e.audio for e in train_examples + test_examples}
     descriptors = dict(zip(clips, (clip_descriptor(m) for m in log_mels(list(clips.values())))))
     accuracies = {}
-    for name in TASKS:
-        train = [e for e in probe_train if e.task == name]
-        test = [e for e in probe_test if e.task == name]
+    for name in task_names:
+        train = [e for e in train_examples if e.task == name]
+        test = [e for e in test_examples if e.task == name]
         classifier = NearestCentroid().fit(np.stack([descriptors[e.clip_id] for e in train]), [e.answer for e in train])
         predicted = classifier.predict(np.stack([descriptors[e.clip_id] for e in test]))
         accuracies[name] = float(np.mean([p == e.answer for p, e in zip(predicted, test)]))
     print("log-mel nearest-centroid accuracy per task:", json.dumps(accuracies))
     return accuracies
+
+
+@pytest.fixture(scope="module")
+def probe_accuracies(probe_train, probe_test):
+    return probe(probe_train, probe_test, TASKS)
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -441,17 +445,7 @@ def test_a_background_sits_under_the_voice():
 
 @pytest.fixture(scope="module")
 def conflict_probe_accuracies(conflict_train, conflict_test):
-    clips = {e.clip_id: e.audio for e in conflict_train + conflict_test}
-    descriptors = dict(zip(clips, (clip_descriptor(m) for m in log_mels(list(clips.values())))))
-    accuracies = {}
-    for name in CONFLICT_TASK_NAMES:
-        train = [e for e in conflict_train if e.task == name]
-        test = [e for e in conflict_test if e.task == name]
-        classifier = NearestCentroid().fit(np.stack([descriptors[e.clip_id] for e in train]), [e.answer for e in train])
-        predicted = classifier.predict(np.stack([descriptors[e.clip_id] for e in test]))
-        accuracies[name] = float(np.mean([p == e.answer for p, e in zip(predicted, test)]))
-    print("conflict variant, log-mel nearest-centroid accuracy per task:", json.dumps(accuracies))
-    return accuracies
+    return probe(conflict_train, conflict_test, CONFLICT_TASK_NAMES)
 
 
 @pytest.mark.parametrize("task", CONFLICT_TASK_NAMES)

@@ -2,6 +2,7 @@
 arrays, one by one and batched, and raw text with an audio placeholder; answers equal `model.generate`'s (greedy)."""
 
 import base64
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoProcessor, WhisperFeatureExtractor, pipeline
 
-from modeling_moe_audio.processing_moe_audio import MoEAudioFeatureExtractor
+from modeling_moe_audio.processing_moe_audio import MoEAudioFeatureExtractor, MoEAudioProcessor
 
 
 SR = 16000
@@ -161,7 +162,12 @@ def test_audio_windows_stay_right_padded_while_the_feature_extractor_says_left(p
     assert processor.feature_extractor.padding_side == processor.tokenizer.padding_side == "left"
     settings = {key: value for key, value in processor.feature_extractor.to_dict().items()}
     assert settings["feature_extractor_type"] == "WhisperFeatureExtractor"  # checkpoints need no extra class
-    whisper = WhisperFeatureExtractor(**{**settings, "padding_side": "right"})
+    # Saved padding on the right, as Whisper pads audio: a plain WhisperFeatureExtractor (or an older moe-audio's
+    # code) reading the checkpoint pads correctly; loaded by this processor, it says left again.
+    assert settings["padding_side"] == "right"
+    assert json.loads((checkpoint / "processor_config.json").read_text())["feature_extractor"]["padding_side"] == "right"
+    assert MoEAudioProcessor.from_pretrained(checkpoint).feature_extractor.padding_side == "left"
+    whisper = WhisperFeatureExtractor(**settings)
     window = whisper.n_samples
     rng = np.random.default_rng(1)
     for samples in (1, 159, 160, 161, window - 1, window, window + 1, 2 * window + 7):
