@@ -27,8 +27,9 @@ def save_png(figure, path) -> Path:
     return path
 
 
-def _annotate(axes, image, values, fmt: str) -> None:
-    """Write each cell's value on it, in white on dark cells and black on light ones."""
+def _annotate(axes, image, values, fmt: str, spreads=None) -> None:
+    """Write each cell's value on it (and "± spread" under it, given `spreads` of the same shape), in white on dark
+    cells and black on light ones."""
     for row, row_values in enumerate(values):
         for column, value in enumerate(row_values):
             value = float(value)
@@ -37,13 +38,17 @@ def _annotate(axes, image, values, fmt: str) -> None:
                 continue
             red, green, blue, _ = image.cmap(image.norm(value))
             color = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
-            axes.text(column, row, format(value, fmt), ha="center", va="center", fontsize=8, color=color)
+            text = format(value, fmt)
+            if spreads is not None:
+                text += "\n±" + format(float(spreads[row][column]), fmt)
+            axes.text(column, row, text, ha="center", va="center", fontsize=8 if spreads is None else 7, color=color)
 
 
-def plot_heatmap(rates, path, title: str = "Expert activation rate per audio token") -> Path:
+def plot_heatmap(rates, path, title: str = "Expert activation rate per audio token", spreads=None) -> Path:
     """Figure 3: categories (rows) by routed experts (columns), each cell the token-normalised activation rate.
 
-    `rates` is `expert_activation`'s result or its `rates` dict ({category: [rate per expert]}).
+    `rates` is `expert_activation`'s result or its `rates` dict ({category: [rate per expert]}); `spreads` (the
+    same shape, e.g. the standard deviation over seeds of mean `rates`) are printed under the values.
     """
     rates = rates["rates"] if "rates" in rates else rates
     categories = [category for category, values in rates.items() if values is not None]
@@ -58,7 +63,7 @@ def plot_heatmap(rates, path, title: str = "Expert activation rate per audio tok
     axes.set_yticks(range(len(categories)), categories)
     axes.set_xlabel("routed expert")
     axes.set_title(title, fontsize=10)
-    _annotate(axes, image, values, ".2f")
+    _annotate(axes, image, values, ".2f", None if spreads is None else [spreads[c] for c in categories])
     figure.colorbar(image, ax=axes, label="activations / token")
     return save_png(figure, path)
 
@@ -69,8 +74,9 @@ def plot_matrix(categories, matrix, path, title: str, **labels) -> Path:
 
 
 def draw_matrix(categories, matrix, title: str, xlabel: str = "category j", ylabel: str = "category i",
-                limit: float = 1.0):
+                limit: float = 1.0, spreads=None):
     """A category-by-category matrix on a diverging scale from -limit to +limit (NaN cells blank); the figure.
+    `spreads` (same shape, e.g. the standard deviation over seeds of a mean matrix) are printed under the values.
 
     The scale is fixed (cosines lie in [-1, 1], and influences are normalised so that I[i][i] = 1), so figures of
     different models and seeds share their colours, and one outlier cannot wash out the rest: a value beyond the
@@ -81,7 +87,8 @@ def draw_matrix(categories, matrix, title: str, xlabel: str = "category j", ylab
     beyond_low = bool(finite.numel() and float(finite.min()) < -limit)
     beyond_high = bool(finite.numel() and float(finite.max()) > limit)
     extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}
-    figure = new_figure(1.8 + 0.9 * len(categories), 1.2 + 0.8 * len(categories))
+    size = 0.9 if spreads is None else 1.1
+    figure = new_figure(1.8 + size * len(categories), 1.2 + size * len(categories))
     axes = figure.add_subplot()
     image = axes.imshow(values.numpy(), cmap="RdBu", vmin=-limit, vmax=limit)
     axes.set_xticks(range(len(categories)), categories)
@@ -89,7 +96,7 @@ def draw_matrix(categories, matrix, title: str, xlabel: str = "category j", ylab
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
-    _annotate(axes, image, values.tolist(), ".3f")
+    _annotate(axes, image, values.tolist(), ".3f" if spreads is None else ".2f", spreads)
     figure.colorbar(image, ax=axes, extend=extend[beyond_low, beyond_high])
     return figure
 

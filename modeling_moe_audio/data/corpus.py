@@ -114,6 +114,12 @@ CONFLICT_GROUPS = {("speech", "word"): "content", ("speech", "pitch"): "paraling
 # Half the clips of the conflict variant are speech, so that a sixth of its questions ask for content.
 CONFLICT_KINDS = ("speech", "speech", "music", "sound")
 VARIANTS = ("default", "conflict")
+# The text form of a word question: what the voice says, written out, then the same question. Its twin rows (no
+# audio) are in the conflict variant's training split, so the LLM learns to answer from text as a pretrained one
+# would, and in `test-text.jsonl`, where the modality gap (audio accuracy - text accuracy, the paper's Table 1) is
+# measured on the same test questions.
+TEXT_FORM = 'The voice says "{word}". {question}'
+TEXT_TEST_MANIFEST = "test-text.jsonl"
 
 
 def _conflict_attributes() -> dict[str, tuple[Task, ...]]:
@@ -614,7 +620,16 @@ def _manifest_row(example: CorpusExample, audio_path: str) -> dict:
         "task": example.task,
         "attributes": example.attributes,
     }
-    return {**row, "kind": example.kind} if example.kind else row
+    # Every row of the conflict variant says its kind and form, so the columns are the same in each row.
+    return {**row, "kind": example.kind, "form": "audio"} if example.kind else row
+
+
+def _text_form_row(example: CorpusExample) -> dict:
+    """The twin of a word question without audio: the word written out in the prompt (`TEXT_FORM`)."""
+    prompt = TEXT_FORM.format(word=example.answer, question=example.question)
+    return {"conversation": [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.answer}],
+            "category": example.category, "task": example.task, "attributes": example.attributes,
+            "kind": example.kind, "form": "text"}
 
 
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -627,6 +642,7 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         for split in SPLITS:
             shutil.rmtree(output_dir / "audio" / split, ignore_errors=True)
             (output_dir / f"{split}.jsonl").unlink(missing_ok=True)
+        (output_dir / TEXT_TEST_MANIFEST).unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -639,6 +655,10 @@ def write_corpus(
 
     Manifest audio paths are relative to the manifest's folder, so the corpus can be moved as a whole. Returns the
     manifest path of each split. `progress`: a bar per split on stderr while its clips are rendered.
+
+    The conflict variant also writes the text form of each word question (`TEXT_FORM`, no audio): in the training
+    split beside its audio row (training examples beyond `sizes["train"]`), and for the test split in
+    `test-text.jsonl` (returned as "test_text"), in the order of the test split's word questions.
     """
     import soundfile  # needs libsndfile, which only writing (not generating) depends on
 
@@ -651,15 +671,20 @@ def write_corpus(
     for split in SPLITS:
         audio_dir = output_dir / "audio" / split
         audio_dir.mkdir(parents=True, exist_ok=True)
-        rows, written = [], set()
+        rows, text_rows, written = [], [], set()
         for example in generate_split(split, resolved[split], seed, progress, variant):
             relative = f"audio/{split}/{example.clip_id}.wav"
             if example.clip_id not in written:
                 soundfile.write(output_dir / relative, example.audio, SAMPLE_RATE, subtype="PCM_16")
                 written.add(example.clip_id)
             rows.append(json.dumps(_manifest_row(example, relative)))
+            if variant == "conflict" and example.task == "word":
+                (rows if split == "train" else text_rows).append(json.dumps(_text_form_row(example)))
         manifests[split] = output_dir / f"{split}.jsonl"
         manifests[split].write_text("\n".join(rows) + "\n", encoding="utf-8")
+        if split == "test" and text_rows:
+            manifests["test_text"] = output_dir / TEXT_TEST_MANIFEST
+            manifests["test_text"].write_text("\n".join(text_rows) + "\n", encoding="utf-8")
     return manifests
 
 

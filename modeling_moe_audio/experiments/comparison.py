@@ -18,11 +18,12 @@ from pathlib import Path
 from ..analysis.routing import expert_activation, load_statistics
 from ..checkpoints.loading import load_checkpoint
 from ..checkpoints.parameters import count_parameters
-from ..data.corpus import VARIANTS, write_corpus
+from ..data.corpus import SPLITS, TEXT_TEST_MANIFEST, VARIANTS, write_corpus
 from ..data.manifest import load_rows
 from ..output_dirs import finish_run, start_run
 from ..presets import ABLATIONS, ablation_config, load_config
 from ..progress import announce, progress_enabled
+from .claims import audio_rows, format_claims, measure_run, plot_claims, summarise_claims
 from .statistics import paired_difference, spread, verdict
 from .tiny import FULL, PRESET, QUICK, evaluate_one, train_one
 
@@ -76,7 +77,8 @@ def run_one(name: str, seed: int, output: Path, manifests: dict, budget: dict, r
         announce(f"{folder}: already done ({result_path})")
         return json.loads(result_path.read_text())
     config = config_for(name)
-    seconds = train_one(folder, config, output, manifests, budget, seed)
+    seconds = train_one(folder, config, output, manifests, budget, seed, gradient_probe=manifests["validation"],
+                        probe_every=budget["probe_every"])
     accuracy, hits = evaluate_one(output / folder, manifests["test"])
     counts = count_parameters(config)
     result = {
@@ -90,7 +92,14 @@ def run_one(name: str, seed: int, output: Path, manifests: dict, budget: dict, r
     }
     if config.adapter_type == "moe":
         announce(f"{folder}: measuring the expert load on the test questions")
-        result["balance"] = load_balance(output / folder, load_rows(manifests["test"]))
+        result["balance"] = load_balance(output / folder, audio_rows(load_rows(manifests["test"])))
+    if "test_text" in manifests:
+        announce(f"{folder}: asking the word questions in their text form")
+        text_accuracy, _ = evaluate_one(output / folder, manifests["test_text"])
+        result["modality_gap"] = {"audio_accuracy": accuracy["content"], "text_accuracy": text_accuracy["overall"],
+                                  "gap": accuracy["content"] - text_accuracy["overall"]}
+    announce(f"{folder}: gradient cosines, influence and routing (the paper's section 5)")
+    result["claims"] = measure_run(output / folder, output / f"{folder}-init", manifests, f"{name}, seed {seed}")
     result_path.write_text(json.dumps(result, indent=2))
     return result
 
@@ -98,7 +107,10 @@ def run_one(name: str, seed: int, output: Path, manifests: dict, budget: dict, r
 def corpus_manifests(output: Path, budget: dict, corpus_seed: int, resuming: bool, variant: str = "default") -> dict:
     corpus = output / "corpus"
     if resuming and (corpus / "test.jsonl").is_file():  # the run's own corpus, written when it started
-        return {split: corpus / f"{split}.jsonl" for split in ("train", "validation", "test")}
+        manifests = {split: corpus / f"{split}.jsonl" for split in SPLITS}
+        if (corpus / TEXT_TEST_MANIFEST).is_file():
+            manifests["test_text"] = corpus / TEXT_TEST_MANIFEST
+        return manifests
     announce(f"writing the corpus to {corpus}")
     return write_corpus(corpus, seed=corpus_seed, sizes=budget["sizes"], overwrite=True, progress=progress_enabled(),
                         variant=variant)
@@ -165,6 +177,10 @@ def format_tables(summary: dict) -> str:
             lines.append(f"| {name} - {summary['baseline']} | " + " | ".join(cells)
                          + f" | {'-' if p_value is None else format(p_value, '.2g')} |")
         lines += [""] + [difference["verdict"] for difference in summary["differences"].values()]
+    claims = format_claims(summary["claims"], summary["baseline"]) if "claims" in summary else ""
+    if claims:
+        lines += ["", "The paper's other measures, per run at the end of training unless said (mean ± sd over seeds):",
+                  "", claims]
     return "\n".join(lines)
 
 
@@ -207,6 +223,9 @@ def run_comparison(output: str | Path, configs: list[str], seeds: list[int], bud
         announce(f"run {number} of {len(plan)}: {config}, seed {seed}")
         results.append(run_one(config, seed, output, manifests, budget, resuming))
     summary = summarise(results, configs, seeds, baseline)
+    summary["claims"] = summarise_claims(results, configs, seeds, baseline)
+    label = f"tiny models, {corpus} corpus"
+    summary["figures"] = plot_claims(results, configs, output, name, label)
     (output / f"{name}.json").write_text(json.dumps({**summary, "budget": budget, "corpus": corpus,
                                                      "corpus_seed": corpus_seed, "runs": results}, indent=2))
     (output / f"{name}.md").write_text(format_tables(summary) + "\n")

@@ -15,15 +15,22 @@ from ..training.trainer import MoEAudioTrainArguments, paper_training_arguments,
 
 
 # Corpus sizes count examples (four questions per clip); budgets are the same for every model.
-FULL = {"sizes": {"train": 2400, "validation": 200, "test": 400}, "epochs": 12, "batch_size": 16, "lr": 1e-3}
-QUICK = {"sizes": {"train": 480, "validation": 40, "test": 120}, "epochs": 3, "batch_size": 16, "lr": 1e-3}
+# `probe_every`: optimizer steps between the gradient cosines that `compare` logs during training.
+FULL = {"sizes": {"train": 2400, "validation": 200, "test": 400}, "epochs": 12, "batch_size": 16, "lr": 1e-3,
+        "probe_every": 300}
+QUICK = {"sizes": {"train": 480, "validation": 40, "test": 120}, "epochs": 3, "batch_size": 16, "lr": 1e-3,
+         "probe_every": 30}
 # The tiny preset with 4 s Whisper windows: the corpus's clips last 1-3 s, and a 30 s window would spend most of
 # the encoder's time on padding.
 PRESET = "tiny-4s"
 
 
-def train_one(name: str, config, output: Path, manifests: dict, budget: dict, seed: int) -> float:
-    """Initialise `config` with `seed` in `output/<name>-init` and train it into `output/<name>`; returns seconds."""
+def train_one(name: str, config, output: Path, manifests: dict, budget: dict, seed: int,
+              gradient_probe: Path | None = None, probe_every: int = 300) -> float:
+    """Initialise `config` with `seed` in `output/<name>-init` and train it into `output/<name>`; returns seconds.
+
+    `gradient_probe`: a manifest whose categories' gradient cosines are logged every `probe_every` steps (in the
+    checkpoint's `trainer_state.json` and TensorBoard logs, as `grad_cos/<a>-<b>`)."""
     init_dir = output / f"{name}-init"
     announce(f"{name}: initialising the model in {init_dir}")
     init_checkpoint(config, init_dir, tokenizer=shipped_tokenizer(PRESET), seed=seed, overwrite=True)
@@ -33,6 +40,8 @@ def train_one(name: str, config, output: Path, manifests: dict, budget: dict, se
         eval_data=str(manifests["validation"]),
         stage="full",
         train_encoder=True,
+        gradient_analysis_data=str(gradient_probe) if gradient_probe else None,
+        gradient_analysis_every=probe_every,
         overwrite=True,  # the demo (and ablate) decide what may be replaced in `output`
     )
     training_args = paper_training_arguments(

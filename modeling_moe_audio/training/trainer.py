@@ -408,6 +408,7 @@ def train(script_args: MoEAudioTrainArguments, training_args: TrainingArguments)
         metrics.update(trainer.evaluate())
     metrics["summary"] = training_summary(script_args, trainer, metrics)
     save_final(trainer, training_args.output_dir, metrics["summary"])
+    trainer.save_state()  # trainer_state.json: the log history (never published, see hub.publish.TRAINING_LEFTOVERS)
     if trainer.is_world_process_zero():
         (Path(training_args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2))
         if push_to_hub:
