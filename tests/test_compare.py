@@ -6,6 +6,12 @@ import math
 
 import pytest
 
+from modeling_moe_audio.experiments.claims import (
+    cosines_during_training,
+    format_claims,
+    routing_specialisation,
+    summarise_claims,
+)
 from modeling_moe_audio.experiments.comparison import check_plan, format_tables, summarise
 from modeling_moe_audio.experiments.statistics import paired_difference, spread, verdict
 
@@ -88,6 +94,56 @@ def test_single_seed_summary_pairs_the_test_questions():
     assert "One seed names no winner" in difference["verdict"]
 
 
+def test_routing_specialisation_is_the_mean_total_variation_between_categories():
+    alike = {"speech": [0.5, 0.5, 0.5, 0.5], "music": [0.5, 0.5, 0.5, 0.5]}  # top-2 of 4 experts: rates sum to 2
+    assert routing_specialisation(alike) == pytest.approx(0.0)
+    apart = {"speech": [2.0, 2.0, 0.0, 0.0], "music": [0.0, 0.0, 2.0, 2.0]}
+    assert routing_specialisation(apart) == pytest.approx(1.0)
+    # Three categories: pairs (a, b) 0.5, (a, c) 1, (b, c) 0.5 -> mean 2/3.
+    three = {"a": [2.0, 0.0, 0.0], "b": [1.0, 1.0, 0.0], "c": [0.0, 2.0, 0.0]}
+    assert routing_specialisation(three) == pytest.approx(2 / 3)
+    assert routing_specialisation({**apart, "sound": None}) == pytest.approx(1.0)  # no audio token: left out
+    with pytest.raises(ValueError, match="at least two categories"):
+        routing_specialisation({"speech": [1.0, 1.0]})
+
+
+def test_cosines_during_training_come_from_the_trainer_state(tmp_path):
+    assert cosines_during_training(tmp_path) == {}
+    history = [{"step": 10, "loss": 2.0}, {"step": 20, "grad_cos/a-b": 0.5, "loss": 1.5}, {"step": 40, "grad_cos/a-b": -0.25}]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert cosines_during_training(tmp_path) == {"a-b": [(20, 0.5), (40, -0.25)]}
+
+
+def _claimed_run(config, seed, cosine, gap=None, specialisation=None):
+    run = {"config": config, "seed": seed, "claims": {"cosine_during_training": {"a-b": cosine, "a-c": cosine + 0.2},
+                                                      "cosine_end": {"a-b": cosine}}}
+    if gap is not None:
+        run["modality_gap"] = {"gap": gap}
+    if specialisation is not None:
+        run["claims"]["specialisation"] = {"trained": specialisation, "initial": 0.01}
+    return run
+
+
+def test_claims_are_summarised_over_seeds_and_paired_with_the_baseline():
+    runs = [_claimed_run("moe", s, 0.1 + 0.01 * s, gap=-0.2, specialisation=0.3 + 0.01 * s) for s in range(3)]
+    runs += [_claimed_run("dense", s, -0.1 - 0.02 * s, gap=-0.3 + 0.01 * s) for s in range(3)]
+    summary = summarise_claims(runs, ["moe", "dense"], [0, 1, 2], "dense")
+    # Mean over pairs, then over seeds: moe (0.2 + 0.21 + 0.22) / 3 = 0.21; dense (0.0 - 0.02 - 0.04) / 3 = -0.02.
+    assert summary["measures"]["cosine_during_training"]["moe"]["mean"] == pytest.approx(0.21)
+    assert summary["measures"]["cosine_during_training"]["dense"]["mean"] == pytest.approx(-0.02)
+    assert summary["differences"]["cosine_during_training"]["moe"]["mean"] == pytest.approx(0.23)
+    assert summary["differences"]["modality_gap"]["moe"]["mean"] == pytest.approx(-0.2 - (-0.29))
+    assert "specialisation" not in summary["differences"]  # the dense adapter has no routing to compare
+    gain = summary["specialisation_gain"]["moe"]
+    assert gain["mean"] == pytest.approx(0.30) and gain["ci_low"] > 0
+    assert summary["pairs"]["dense"]["a-c"]["mean"] == pytest.approx(0.08)
+    table = format_claims(summary, "dense")
+    gap_row = next(line for line in table.splitlines() if line.startswith("| modality gap"))
+    assert "| -0.200 ± 0.000 | -0.290 ± 0.010 | moe: +0.090 [" in gap_row
+    assert "| a-b | +0.110 ± 0.010 | -0.120 ± 0.020 |" in table
+    assert "moe trained - initial: +0.300" in table
+
+
 @pytest.mark.parametrize(("configs", "seeds", "baseline", "message"), [
     (["moe", "desne"], [0, 1], "dense", "Unknown configurations"),
     (["moe", "moe"], [0, 1], "moe", "given once"),
@@ -102,13 +158,28 @@ def test_a_bad_plan_is_refused_before_any_training(configs, seeds, baseline, mes
 
 @pytest.mark.slow
 def test_compare_quick_two_seeds_writes_tables_plot_and_resumes(tmp_path):
-    command = ["compare", "--quick", "--seeds", "0", "1", "--output_dir", tmp_path]
+    command = ["compare", "--quick", "--corpus", "conflict", "--seeds", "0", "1", "--output_dir", tmp_path]
     first = moe_audio_process(*command)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((tmp_path / "comparison.json").read_text())
     assert {(r["config"], r["seed"]) for r in summary["runs"]} == {("moe", 0), ("moe", 1), ("dense", 0), ("dense", 1)}
     assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| moe - dense |" in (tmp_path / "comparison.md").read_text()
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| moe - dense |" in table and "| modality gap" in table and "| acoustic-content |" in table
+    # Every run measured the claims: cosines logged during training (QUICK probes every 30 of its 90 steps), the
+    # end-of-training analyses, the text form of the word questions, and the MoE runs' routing.
+    for run in summary["runs"]:
+        claims = run["claims"]
+        assert [step for step, _ in claims["cosine_history"]["acoustic-content"]] == [30, 60, 90]
+        assert set(claims["cosine_end"]) == {"acoustic-content", "acoustic-paralinguistic", "content-paralinguistic"}
+        gap = run["modality_gap"]
+        assert gap["gap"] == pytest.approx(gap["audio_accuracy"] - gap["text_accuracy"])
+        assert gap["audio_accuracy"] == run["accuracy"]["content"]
+        assert ("specialisation" in claims) == (run["config"] == "moe")
+        assert (tmp_path / run["config"] / f"seed-{run['seed']}" / "analysis" / "analysis.json").is_file()
+    for figure in summary["figures"].values():
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(summary["figures"]) >= {"moe experts", "moe cosine", "dense influence", "cosine during training"}
     overall = summary["differences"]["moe"]["per_category"]["overall"]
     assert overall["n"] == 2 and overall["ci_low"] <= overall["mean"] <= overall["ci_high"]
     assert summary["differences"]["moe"]["verdict"] in first.stdout

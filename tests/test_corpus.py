@@ -459,6 +459,40 @@ def test_write_corpus_conflict_variant_and_a_bad_variant(tmp_path):
     rows = read_manifest(manifests["train"])
     assert {row["category"] for row in rows} <= {"content", "paralinguistic", "acoustic"}
     assert all(row["kind"] in CATEGORIES for row in rows)
+    assert "test_text" not in write_corpus(tmp_path / "default", seed=1, sizes={"train": 4, "validation": 4, "test": 4},
+                                           progress=False)
+    with pytest.raises(ValueError, match="Unknown corpus variant 'conflcit'; choose one of default, conflict"):
+        write_corpus(tmp_path / "d", variant="conflcit")
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_conflict_variant_writes_the_text_form_of_each_word_question(tmp_path):
+    """For the modality gap: each word question is also asked with the word written out and no audio, in training
+    beside its audio row, and for the test split in its own manifest, in the test split's order."""
+    sizes = {"train": 24, "validation": 8, "test": 24}
+    manifests = write_corpus(tmp_path / "c", seed=2, sizes=sizes, progress=False, variant="conflict")
+    train = read_manifest(manifests["train"])
+    audio_rows = [row for row in train if row["form"] == "audio"]
+    assert len(audio_rows) == sizes["train"]  # the text rows come on top of the requested size
+    for index, row in enumerate(train):
+        if row["form"] == "text":
+            spoken = train[index - 1]
+            assert spoken["task"] == "word" and "audio" in spoken and "audio" not in row
+            assert row["conversation"][1]["content"] == spoken["response"] == spoken["attributes"]["word"]
+            assert row["conversation"][0]["content"] == corpus.TEXT_FORM.format(word=spoken["response"],
+                                                                                 question=spoken["prompt"])
+    assert sum(row["form"] == "text" for row in train) == sum(row["task"] == "word" for row in audio_rows) > 0
+    test_words = [row for row in read_manifest(manifests["test"]) if row["task"] == "word"]
+    text_test = read_manifest(manifests["test_text"])
+    assert manifests["test_text"] == tmp_path / "c" / "test-text.jsonl"
+    assert [row["attributes"] for row in text_test] == [row["attributes"] for row in test_words]
+    assert all(row["form"] == "text" and row["category"] == "content" for row in text_test)
+    assert all(row["form"] == "audio" for row in read_manifest(manifests["validation"]))
+    # The text rows load as rows without audio, which train and answer like any other.
+    from modeling_moe_audio.data.manifest import load_rows
+
+    loaded = load_rows(manifests["test_text"])
+    assert all(row["audio"] == [] for row in loaded) and len(loaded) == len(text_test)
     with pytest.raises(ValueError, match="Unknown corpus variant 'conflcit'; choose one of default, conflict"):
         write_corpus(tmp_path / "d", variant="conflcit")
     assert not (tmp_path / "d").exists()

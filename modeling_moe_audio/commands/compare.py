@@ -6,9 +6,13 @@ Each (configuration, seed) run initialises the tiny model with that seed and tra
 the one built-in corpus of the comparison (`--corpus_seed`), with the demo's budget; runs with the same seed are
 paired. Per category: the mean, standard deviation and range over the seeds, and the mean difference from the
 baseline with its 95% confidence interval and a paired t-test. A winner is named only when the interval excludes
-zero. Resumable: run the same command again after an interruption and it finishes the rest. Writes
-`OUTPUT/comparison.md`, `OUTPUT/comparison.json` and `OUTPUT/comparison.png`; each run is in
-`OUTPUT/<configuration>/seed-<seed>`.
+zero. Every run also measures the paper's other claims (`experiments.claims`): the gradient cosines between
+categories during training and at its end, the gradient influence, the routing specialisation (MoE) and, on the
+conflict corpus, the modality gap against the word questions' text form; the same table gives their spread and
+paired differences. Resumable: run the same command again after an interruption and it finishes the rest. Writes
+`OUTPUT/comparison.md`, `OUTPUT/comparison.json`, `OUTPUT/comparison.png` (accuracy) and
+`OUTPUT/comparison-*.png` (Figures 3-5 as means over the seeds, and the cosines during training); each run is in
+`OUTPUT/<configuration>/seed-<seed>`, its section-5 analyses in `.../analysis`.
 """
 
 from .common import add_no_progress, command_parser, quiet_if_asked, run
