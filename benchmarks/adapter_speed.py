@@ -13,8 +13,9 @@ wall time is kept in the JSON too. Each thread count runs in a process of its ow
 pool at start), and each peak-memory figure in a fresh process: the growth of the process's peak resident size
 during one call, beyond the weights and inputs already allocated.
 
-Variants: `dense`, each expert kernel of the model (`grouped_mm`, the default; `eager`), and `reference_loop`, a
-plain per-expert loop with `index_add_` written here as the yardstick a kernel must beat.
+Variants: `dense`, each expert kernel of the model (`grouped_mm`, the default; `eager`), `reference_loop`, a
+plain per-expert loop with `index_add_` written here as the yardstick a kernel must beat, and `grouped_mm_0.4.0`,
+the default kernel of 0.4.0 (before `SortedExpertsFunction`), for the before/after of the same run.
 """
 
 import argparse
@@ -33,7 +34,7 @@ TOKENS = (256, 1024, 3000)
 DTYPES = ("float32", "bfloat16")
 THREADS = (1, 2)
 PASSES = ("forward", "forward+backward")
-KERNELS = ("grouped_mm", "eager", "reference_loop")
+KERNELS = ("grouped_mm", "eager", "reference_loop", "grouped_mm_0.4.0")
 
 
 def reference_loop(experts, hidden_states, top_k_index, top_k_weights):
@@ -51,6 +52,27 @@ def reference_loop(experts, hidden_states, top_k_index, top_k_weights):
     return output
 
 
+def grouped_mm_0_4_0(experts, hidden_states, top_k_index, top_k_weights):
+    """The default kernel of moe-audio 0.4.0, kept here to measure what replaced it: repeat each token k times and
+    permute the rows by expert, two grouped matmuls, weight the D-wide outputs, permute back and sum, all through
+    autograd."""
+    import torch
+
+    from modeling_moe_audio.modeling_moe_audio import _grouped_mm
+
+    num_tokens, top_k = top_k_index.shape
+    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)
+    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)
+    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]
+    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))
+    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)
+    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)
+    inverse_order = torch.empty_like(order)
+    inverse_order[order] = torch.arange(order.numel(), device=order.device)
+    pair_outputs = pair_outputs[inverse_order]
+    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+
+
 def build(dtype_name: str, tokens: int, seed: int = 0):
     """The dense and MoE adapters at the paper's shapes, an input and an output gradient, all in `dtype_name`."""
     import torch
@@ -59,6 +81,7 @@ def build(dtype_name: str, tokens: int, seed: int = 0):
     from modeling_moe_audio.presets import load_config
 
     RectangularExpertsInterface.register("reference_loop", reference_loop)
+    RectangularExpertsInterface.register("grouped_mm_0.4.0", grouped_mm_0_4_0)
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(seed)
     dense = DenseAdapter(load_config("paper-dense")).to(dtype)

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
@@ -695,22 +695,73 @@ def _grouped_mm(inputs: torch.Tensor, weights: torch.Tensor, offsets: torch.Tens
     return transformers_moe._grouped_mm(inputs, weights, offs=offsets)
 
 
+def _grouped_mm_per_expert(left: torch.Tensor, right: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(E, m, n): for each expert e, left[:, pairs of e] @ right[pairs of e], the weight gradients' grouped matmul
+    (grouped along the pairs, which both operands share), written straight in the experts' parameter layout."""
+    if left.dtype == torch.float64 or (is_torchdynamo_compiling() and left.dtype != torch.bfloat16):
+        starts = [0, *offsets.tolist()[:-1]]  # no grouped kernel here (float64, or compiled outside bf16)
+        return torch.stack([left[:, a:b] @ right[a:b] for a, b in zip(starts, offsets.tolist())])
+    grouped_mm = getattr(nn.functional, "grouped_mm", None) or torch._grouped_mm
+    return grouped_mm(left, right, offs=offsets)
+
+
+class SortedExpertsFunction(torch.autograd.Function):
+    """The routed experts over (token, expert) pairs sorted by expert, with a backward that materialises only what it
+    needs: one gather of the token rows forward, the routing weights applied to the h-wide hidden (not the D-wide
+    output), one gather of the output gradient backward, and the weight gradients as grouped matmuls over the
+    pairs. Sums over a token's k pairs run in slot order (a fixed reshape-and-sum, no scatter-add), so results and
+    gradients are bit-identical from run to run on every device."""
+
+    @staticmethod
+    def forward(hidden_states, top_k_index, top_k_weights, up_proj, down_proj):
+        num_tokens, top_k = top_k_index.shape
+        expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (S,), (S,)
+        offsets = torch.bincount(expert_of_pair, minlength=up_proj.shape[0]).cumsum(0).to(torch.int32)  # (E,)
+        token_of_pair = order // top_k  # (S,): pair (token t, slot j) is t * k + j before sorting
+        pair_inputs = hidden_states.index_select(0, token_of_pair).to(up_proj.dtype)  # (S, d)
+        pre_activation = _grouped_mm(pair_inputs, up_proj.transpose(1, 2), offsets)  # (S, h)
+        pair_weights = top_k_weights.reshape(-1)[order].to(up_proj.dtype)  # (S,)
+        weighted_hidden = nn.functional.silu(pre_activation) * pair_weights.unsqueeze(-1)  # (S, h)
+        pair_outputs = _grouped_mm(weighted_hidden, down_proj.transpose(1, 2), offsets)  # (S, D)
+        inverse_order = torch.empty_like(order)  # (S,)
+        inverse_order[order] = torch.arange(order.numel(), device=order.device)
+        output = pair_outputs.index_select(0, inverse_order).view(num_tokens, top_k, -1).sum(dim=1)  # (tokens, D)
+        return output.to(hidden_states.dtype), (offsets, order, inverse_order, pair_inputs, pre_activation,
+                                                pair_weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        hidden_states, top_k_index, top_k_weights, up_proj, down_proj = inputs
+        offsets, order, inverse_order, pair_inputs, pre_activation, pair_weights = output[1]
+        ctx.save_for_backward(offsets, order, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj,
+                              down_proj)
+        ctx.shape, ctx.dtypes = top_k_index.shape, (hidden_states.dtype, top_k_weights.dtype)
+        ctx.mark_non_differentiable(*output[1])
+
+    @staticmethod
+    def backward(ctx, grad_output, _):
+        offsets, order, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj, down_proj = ctx.saved_tensors
+        (num_tokens, top_k), (hidden_dtype, weights_dtype) = ctx.shape, ctx.dtypes
+        grad_pairs = grad_output.to(down_proj.dtype).index_select(0, order // top_k)  # (S, D), sorted by expert
+        activation = nn.functional.silu(pre_activation)  # (S, h), recomputed rather than kept
+        grad_weighted = _grouped_mm(grad_pairs, down_proj, offsets)  # (S, h)
+        grad_pair_weights = (grad_weighted * activation).sum(dim=-1)  # (S,)
+        sigmoid = torch.sigmoid(pre_activation)
+        grad_pre = grad_weighted * pair_weights.unsqueeze(-1) * sigmoid * (1 + pre_activation * (1 - sigmoid))  # (S, h)
+        grad_pair_inputs = _grouped_mm(grad_pre, up_proj, offsets)  # (S, d)
+        grad_hidden = grad_pair_inputs.index_select(0, inverse_order).view(num_tokens, top_k, -1).sum(dim=1)  # (T, d)
+        grad_weights = grad_pair_weights.index_select(0, inverse_order).view(num_tokens, top_k)  # (tokens, k)
+        grad_up = _grouped_mm_per_expert(grad_pre.t(), pair_inputs, offsets)  # (E, h, d)
+        grad_down = _grouped_mm_per_expert(grad_pairs.t(), activation * pair_weights.unsqueeze(-1), offsets)  # (E, D, h)
+        return grad_hidden.to(hidden_dtype), None, grad_weights.to(weights_dtype), grad_up, grad_down
+
+
 def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice."""
-    num_tokens, top_k = top_k_index.shape
-    expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (S,), (S,)
-    offsets = torch.bincount(expert_of_pair, minlength=experts.num_experts).cumsum(0).to(torch.int32)  # (E,)
-    # Repeat, then permute: the gradient of a gather with repeated indices is summed in a thread-dependent order on
-    # CPU, which made runs with the same seed drift apart; a permutation has no repeats.
-    pair_inputs = hidden_states.repeat_interleave(top_k, dim=0)[order]  # (S, d), sorted by expert
-    hidden = experts.act_fn(_grouped_mm(pair_inputs, experts.up_proj.transpose(1, 2), offsets))  # (S, h)
-    pair_outputs = _grouped_mm(hidden, experts.down_proj.transpose(1, 2), offsets)  # (S, D)
-    pair_outputs = pair_outputs * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(pair_outputs.dtype)  # (S, D)
-    # Summing in token order (not index_add_) keeps the result deterministic on every device.
-    inverse_order = torch.empty_like(order)  # (S,)
-    inverse_order[order] = torch.arange(order.numel(), device=order.device)
-    pair_outputs = pair_outputs[inverse_order]  # (S, D), back in (token, slot) order
-    return pair_outputs.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)  # (tokens, D)
+    """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice
+    (`SortedExpertsFunction`)."""
+    output, _ = SortedExpertsFunction.apply(hidden_states, top_k_index, top_k_weights, experts.up_proj,
+                                            experts.down_proj)
+    return output  # (tokens, D)
 
 
 def batched_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
