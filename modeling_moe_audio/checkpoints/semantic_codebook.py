@@ -43,6 +43,26 @@ def stacked_layer_features(model, processor, clips: list[np.ndarray], layer: int
     return stacked_layer[token_mask].float()
 
 
+def layer_features_of_rows(model, processor, rows, layer: int, num_rows: int, batch_size: int = 8) -> np.ndarray:
+    """`stacked_layer_features` of every clip of the first `num_rows` rows, `(audio tokens, stacked_audio_size)`
+    float32, encoded `batch_size` clips at a time (a row's clips kept together), with a progress bar over the rows."""
+    features, pending = [], []  # (tokens, width) arrays; decoded clips waiting for an encoder pass
+
+    def encode_pending():
+        features.append(stacked_layer_features(model, processor, pending, layer).numpy())
+        pending.clear()
+
+    with progress_bar(total=num_rows, desc="encoding", unit="row") as bar:
+        for index in range(num_rows):
+            pending.extend(decode_audio_item(item) for item in rows[index]["audio"])
+            if len(pending) >= batch_size:
+                encode_pending()
+            bar.update(1)
+        if pending:
+            encode_pending()
+    return np.concatenate(features)
+
+
 def fit_codebook(features: np.ndarray, codebook_size: int, seed: int = 0):
     """scikit-learn's `MiniBatchKMeans` with `codebook_size` clusters, fitted on `(points, width)` features."""
     try:
@@ -84,8 +104,8 @@ def semantic_fit(checkpoint: str | Path, data: str | Path, codebook_size: int, l
                  split: str | None = None) -> dict:
     """Fit a `codebook_size`-entry k-means codebook on encoder layer `layer` of `checkpoint`'s Whisper encoder over
     the audio of `data` (a manifest or dataset, as `moe-audio train` takes it; `limit`: its first rows; `batch_size`:
-    clips per encoder pass, a row's clips kept together), and write
-    the checkpoint with that codebook to `output` (`checkpoint` is never changed). Returns what was done."""
+    clips per encoder pass), and write the checkpoint with that codebook to `output` (`checkpoint` is never
+    changed). Returns {"rows", "audio_tokens", "inertia"}: what the codebook was fitted on, and k-means' inertia."""
     output = Path(output)
     if output.resolve() == Path(checkpoint).expanduser().resolve():
         raise ValueError(f"--output_dir {output} is the checkpoint itself, which semantic-fit never changes: write the "
@@ -106,21 +126,7 @@ def semantic_fit(checkpoint: str | Path, data: str | Path, codebook_size: int, l
     del old
     rows, _ = load_training_data(data, split=split, max_audio_seconds=processor.max_audio_seconds)
     num_rows = len(rows) if limit is None else min(limit, len(rows))
-    features, pending = [], []  # (tokens, width) arrays; decoded clips waiting for an encoder pass
-
-    def encode_pending():
-        features.append(stacked_layer_features(model, processor, pending, layer).numpy())
-        pending.clear()
-
-    with progress_bar(total=num_rows, desc="encoding", unit="row") as bar:
-        for index in range(num_rows):
-            pending.extend(decode_audio_item(item) for item in rows[index]["audio"])
-            if len(pending) >= batch_size:
-                encode_pending()
-            bar.update(1)
-        if pending:
-            encode_pending()
-    features = np.concatenate(features)
+    features = layer_features_of_rows(model, processor, rows, layer, num_rows, batch_size)
     announce(f"fitting {codebook_size} k-means clusters on {features.shape[0]} audio tokens "
              f"({features.shape[1]}-d, encoder layer {layer})")
     kmeans = fit_codebook(features, codebook_size, seed)
