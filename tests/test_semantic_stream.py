@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor
 
 from modeling_moe_audio import MoEAudioForCausalLM
-from modeling_moe_audio.checkpoints.build import init_checkpoint
 from modeling_moe_audio.checkpoints.files import CODE_FILES, PACKAGE_DIR
 from modeling_moe_audio.checkpoints.loading import load_checkpoint
 from modeling_moe_audio.checkpoints.semantic_codebook import (
@@ -22,7 +21,7 @@ from modeling_moe_audio.checkpoints.semantic_codebook import (
 from modeling_moe_audio.data.audio import decode_audio_item
 from modeling_moe_audio.data.collator import MoEAudioDataCollator
 from modeling_moe_audio.data.manifest import load_manifest
-from modeling_moe_audio.presets import load_config, shipped_tokenizer
+from modeling_moe_audio.presets import load_config
 
 from helpers import moe_audio, moe_audio_result, parse_train_args
 from remote_code import run_without_package
@@ -47,10 +46,12 @@ def fitted(tiny_checkpoint, corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def with_stream(tmp_path_factory):
-    """A tiny checkpoint with a semantic stream of 16 ids and no codebook (ids from an external tokenizer)."""
+    """A tiny checkpoint with a semantic stream of 16 ids and no codebook (ids from an external tokenizer), as
+    `moe-audio init --semantic_vocab_size` writes it."""
     folder = tmp_path_factory.mktemp("with-stream") / "tiny"
-    init_checkpoint(load_config("tiny-4s", semantic_vocab_size=16), folder, tokenizer=shipped_tokenizer("tiny-4s"),
-                    seed=0)
+    moe_audio("init", "--config", "tiny-4s", "--semantic_vocab_size", 16, "--output_dir", folder, "--no_progress")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["semantic_vocab_size"] == 16 and config.get("semantic_codebook_layer") is None
     return folder
 
 
