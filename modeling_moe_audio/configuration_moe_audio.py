@@ -69,6 +69,10 @@ class MoEAudioConfig(PreTrainedConfig):
         audio_hidden_size (`int`): width `d` of the fused audio features (the fusion block's output).
         semantic_vocab_size (`int`): size of the discrete semantic-token vocabulary whose embeddings are summed with
             the fused features (0: no discrete stream).
+        semantic_codebook_layer (`int`, *optional*): with a semantic stream, the Whisper encoder layer whose output
+            (`hidden_states[layer]`, stacked as the audio tokens are) the model's own codebook quantises into semantic
+            ids when none are given: the codebook `moe-audio semantic-fit` fits (k-means, `semantic_vocab_size`
+            rows). None (default): no codebook; the ids come from an external tokenizer with the inputs.
         adapter_type (`str`): `"moe"` (eqs. 2-5) or `"dense"` (eq. 1).
         dense_intermediate_size (`int`): hidden width of the dense adapter's MLP.
         num_experts / num_experts_per_tok (`int`): routed experts `N` and the `k` each audio token uses.
@@ -104,6 +108,7 @@ class MoEAudioConfig(PreTrainedConfig):
     frame_stacking_factor: int = 4
     audio_hidden_size: int = 2560
     semantic_vocab_size: int = 0
+    semantic_codebook_layer: int | None = None
     adapter_type: str = "moe"
     dense_intermediate_size: int = 20480
     num_experts: int = 8
@@ -180,6 +185,14 @@ class MoEAudioConfig(PreTrainedConfig):
         for name in ("shared_expert_intermediate_size", "semantic_vocab_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 switches it off).")
+        if self.semantic_codebook_layer is not None:
+            layers = self.audio_config.encoder_layers
+            if not self.semantic_vocab_size:
+                raise ValueError(f"semantic_codebook_layer={self.semantic_codebook_layer} needs a semantic stream: set "
+                                 "semantic_vocab_size to the codebook's size (moe-audio semantic-fit sets both).")
+            if not 0 <= self.semantic_codebook_layer <= layers:
+                raise ValueError(f"semantic_codebook_layer={self.semantic_codebook_layer} is not an encoder layer: the "
+                                 f"Whisper encoder has {layers} layers, so use 0 (its input) to {layers} (its output).")
         if self.num_experts_per_tok > self.num_experts:
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} is larger than num_experts={self.num_experts}: "

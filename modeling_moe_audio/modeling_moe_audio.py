@@ -34,7 +34,9 @@ from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
 class MoEAudioFrontend(nn.Module):
     """Stacks Whisper frames (50 Hz -> 12.5 Hz) and fuses them: LN -> Linear -> SiLU -> LN (Table 4, part I).
 
-    With `semantic_vocab_size > 0` the embeddings of the discrete semantic tokens are added (the second stream).
+    With `semantic_vocab_size > 0` the embeddings of the discrete semantic tokens are added (the second stream). With
+    `semantic_codebook_layer` set, the frontend also holds the codebook (a buffer, saved with the weights) that turns
+    the stacked output of that encoder layer into those ids when the inputs carry none.
     """
 
     def __init__(self, config: MoEAudioConfig):
@@ -47,6 +49,20 @@ class MoEAudioFrontend(nn.Module):
         self.semantic_embeddings = (
             nn.Embedding(config.semantic_vocab_size, config.audio_hidden_size) if config.semantic_vocab_size else None
         )
+        if config.semantic_codebook_layer is not None:
+            self.register_buffer("semantic_codebook", torch.zeros(config.semantic_vocab_size, config.stacked_audio_size))
+        else:
+            self.semantic_codebook = None
+
+    def nearest_codebook_entries(self, stacked_features: torch.Tensor) -> torch.Tensor:
+        """The semantic id of each stacked frame `(tokens, stacked_audio_size)`: its nearest codebook row by squared
+        Euclidean distance, as k-means assigns points (`KMeans.predict`), in float32 at least. Returns `(tokens,)`."""
+        dtype = torch.promote_types(stacked_features.dtype, torch.float32)
+        features, codebook = stacked_features.to(dtype), self.semantic_codebook.to(dtype)
+        distances = (  # (tokens, vocab): |x|^2 - 2 x.c + |c|^2
+            features.square().sum(-1, keepdim=True) - 2 * features @ codebook.T + codebook.square().sum(-1)
+        )
+        return distances.argmin(dim=-1)
 
     def forward(self, stacked_features: torch.Tensor, semantic_audio_ids: torch.Tensor | None = None) -> torch.Tensor:
         fused = self.output_norm(self.act(self.linear(self.input_norm(stacked_features))))
@@ -401,40 +417,49 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
                 several consecutive windows).
             input_features_mask: `(num_windows, 3000)`, 1 on real mel frames; padded frames produce no token.
             semantic_audio_ids: `(num_windows, audio_tokens_per_window)` discrete semantic tokens aligned with the
-                12.5 Hz audio tokens, needed when `semantic_vocab_size > 0`.
+                12.5 Hz audio tokens, for a model with `semantic_vocab_size > 0`; left out, a model with a codebook
+                (`semantic_codebook_layer`) computes them from the same encoder pass.
 
         Returns:
             [`MoEAudioFeaturesOutput`]: `pooler_output` holds the audio embeddings, one row per real audio token;
             `router_logits` and `selected_experts` are `None` for the dense adapter.
         """
         self._check_audio_inputs(input_features, input_features_mask)
-        stack = self.config.frame_stacking_factor
-        # The processor gives float32 features; a model loaded in bf16 or fp16 takes them in its own dtype.
-        input_features = input_features.to(self.audio_tower.device, self.audio_tower.dtype)
-        encoded = self.audio_tower(input_features).last_hidden_state  # (windows, encoder_frames, d_model)
-        num_windows, num_frames, width = encoded.shape
-        stacked = encoded.reshape(num_windows, num_frames // stack, width * stack)
-
-        if input_features_mask is None:
-            token_mask = torch.ones(stacked.shape[:2], dtype=torch.bool, device=stacked.device)
-        else:
-            lengths = num_audio_tokens(input_features_mask.sum(-1).to(stacked.device), stack)
-            token_mask = torch.arange(stacked.shape[1], device=stacked.device)[None, :] < lengths[:, None]
+        vocab_size, codebook_layer = self.config.semantic_vocab_size, self.config.semantic_codebook_layer
+        if semantic_audio_ids is not None and not vocab_size:
+            raise ValueError(
+                "semantic_audio_ids were given but this model has no semantic stream (semantic_vocab_size=0), so they "
+                "would be ignored: leave them out, or use a model made with a semantic_vocab_size (moe-audio init "
+                "--semantic_vocab_size N, or moe-audio semantic-fit)."
+            )
+        if vocab_size and semantic_audio_ids is None and codebook_layer is None:
+            raise ValueError(
+                "This model sums discrete semantic tokens with the audio features (semantic_vocab_size="
+                f"{vocab_size}) but no `semantic_audio_ids` were given and it has no codebook to compute them: pass "
+                "the semantic tokenizer's ids for each window, shape (num_windows, audio_tokens_per_window)."
+            )
+        # Only the codebook's layer is needed, from the same encoder pass, and only when the ids are not given.
+        hidden_layer = codebook_layer if vocab_size and semantic_audio_ids is None else None
+        encoded, stacked, token_mask, stacked_layer = self.encode_audio(input_features, input_features_mask,
+                                                                        hidden_layer)
 
         semantic_ids = None
-        if self.config.semantic_vocab_size:
-            if semantic_audio_ids is None:
-                raise ValueError(
-                    "This model sums discrete semantic tokens with the audio features (semantic_vocab_size="
-                    f"{self.config.semantic_vocab_size}) but no `semantic_audio_ids` were given: pass the semantic "
-                    "tokenizer's ids for each window, shape (num_windows, audio_tokens_per_window)."
-                )
+        if stacked_layer is not None:
+            semantic_ids = self.frontend.nearest_codebook_entries(stacked_layer[token_mask])  # (tokens,)
+        elif vocab_size:
             if tuple(semantic_audio_ids.shape) != tuple(token_mask.shape):
                 raise ValueError(
                     f"semantic_audio_ids has shape {tuple(semantic_audio_ids.shape)} but the audio windows give "
                     f"{tuple(token_mask.shape)} (windows, tokens per window); align one id with each 12.5 Hz token."
                 )
-            semantic_ids = semantic_audio_ids[token_mask]
+            semantic_ids = semantic_audio_ids.to(stacked.device)[token_mask]  # (tokens,)
+            outside = (semantic_ids < 0) | (semantic_ids >= vocab_size)
+            if not torch.compiler.is_compiling() and bool(outside.any()):
+                raise ValueError(
+                    f"semantic_audio_ids holds the id {int(semantic_ids[outside][0])}, outside this model's semantic "
+                    f"vocabulary (0 to {vocab_size - 1}): use the semantic tokenizer the model was made for, or a "
+                    "model whose semantic_vocab_size is that tokenizer's codebook size."
+                )
 
         # Only real audio tokens go through the frontend and the adapter, so padding never reaches the router.
         audio_features = self.frontend(stacked[token_mask], semantic_ids)
@@ -450,6 +475,33 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             router_logits=adapted.router_logits[0] if adapted.router_logits else None,
             selected_experts=adapted.selected_experts[0] if adapted.selected_experts else None,
         )
+
+    def encode_audio(self, input_features: torch.FloatTensor, input_features_mask: torch.Tensor | None = None,
+                     hidden_layer: int | None = None):
+        """One pass of the Whisper encoder over `(windows, mels, frames)` log-mel windows, its frames stacked.
+
+        Returns `(encoded, stacked, token_mask, stacked_layer)`: the encoder's output `(windows, encoder_frames,
+        d_model)`; the same with `frame_stacking_factor` frames stacked, `(windows, tokens, stacked_audio_size)`; the
+        real audio tokens `(windows, tokens)`; with `hidden_layer`, the output of that encoder layer
+        (`hidden_states[hidden_layer]`: 0 is the encoder's input, the last its output) stacked the same way, else None.
+        """
+        stack = self.config.frame_stacking_factor
+        # The processor gives float32 features; a model loaded in bf16 or fp16 takes them in its own dtype.
+        input_features = input_features.to(self.audio_tower.device, self.audio_tower.dtype)
+        outputs = self.audio_tower(input_features, output_hidden_states=hidden_layer is not None)
+        encoded = outputs.last_hidden_state  # (windows, encoder_frames, d_model)
+        num_windows, num_frames, width = encoded.shape
+        stacked = encoded.reshape(num_windows, num_frames // stack, width * stack)
+        stacked_layer = None
+        if hidden_layer is not None:
+            stacked_layer = outputs.hidden_states[hidden_layer].reshape(stacked.shape)
+
+        if input_features_mask is None:
+            token_mask = torch.ones(stacked.shape[:2], dtype=torch.bool, device=stacked.device)
+        else:
+            lengths = num_audio_tokens(input_features_mask.sum(-1).to(stacked.device), stack)
+            token_mask = torch.arange(stacked.shape[1], device=stacked.device)[None, :] < lengths[:, None]
+        return encoded, stacked, token_mask, stacked_layer
 
     @capture_outputs
     def adapt_audio_features(self, audio_features: torch.Tensor, **kwargs) -> "MoEAudioAdapterOutput":

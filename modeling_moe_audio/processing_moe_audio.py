@@ -65,6 +65,22 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> n
     return _transformers_load_audio(path, sampling_rate=sampling_rate, backend="soundfile")
 
 
+def real_mel_frames(window_lengths: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """Real log-mel frames of windows holding `window_lengths` samples: frame t covers the samples from t * hop_length
+    on, and is real if that sample is (as Whisper's mask says)."""
+    return (window_lengths + hop_length - 1) // hop_length
+
+
+def audio_token_count(num_samples: int, window_samples: int = 480000, hop_length: int = 160,
+                      frame_stacking_factor: int = 4) -> int:
+    """Audio tokens of a clip of `num_samples` 16 kHz samples, cut into windows of `window_samples` as the processor
+    cuts it (defaults: Whisper's 30 s windows and 10 ms hop, 4 frames stacked: 12.5 Hz). It is the number of
+    placeholders the clip's text gets, of audio embeddings the model makes, and of semantic ids the clip needs."""
+    window_lengths = torch.tensor([min(window_samples, num_samples - start)
+                                   for start in range(0, num_samples, window_samples)], dtype=torch.long)
+    return int(num_audio_tokens(real_mel_frames(window_lengths, hop_length), frame_stacking_factor).sum())
+
+
 class MoEAudioFeatureExtractor(WhisperFeatureExtractor):
     """Whisper's feature extractor, whose `fetch_audio` leaves files (paths, URLs, data URIs) to the processor.
 
@@ -190,6 +206,11 @@ class MoEAudioProcessor(ProcessorMixin):
     def window_samples(self) -> int:
         return self.feature_extractor.n_samples
 
+    def audio_token_count(self, num_samples: int) -> int:
+        """Audio tokens (placeholders, embeddings, semantic ids) of a clip of `num_samples` samples at 16 kHz."""
+        return audio_token_count(num_samples, self.window_samples, self.feature_extractor.hop_length,
+                                 self.frame_stacking_factor)
+
     def __call__(self, text=None, audio=None, sampling_rate: int | None = None, semantic_audio_ids=None, **kwargs):
         """Tokenize `text` with each `audio_token` expanded, and compute the log-mel windows of `audio`.
 
@@ -199,7 +220,8 @@ class MoEAudioProcessor(ProcessorMixin):
                 tensors of float or int16 samples, or paths (or URLs, data URIs) of audio files (decoded and
                 resampled here).
             sampling_rate (`int`): the rate of the arrays; must be 16000 (files are resampled for you).
-            semantic_audio_ids: per clip, the discrete semantic token ids at 12.5 Hz (one per audio token).
+                semantic_audio_ids: per clip, the discrete semantic token ids at 12.5 Hz (one per audio token: as many as
+                `audio_token_count(clip samples)`), non-negative integers; all clips or none.
 
         Returns:
             [`BatchFeature`] with `input_ids`, `attention_mask`, `input_features` (`(windows, mels, 3000)`),
@@ -275,9 +297,8 @@ class MoEAudioProcessor(ProcessorMixin):
         features = self.feature_extractor(
             windows, **{**kwargs, **full_windows, "return_attention_mask": False, "return_tensors": "pt"}
         )
-        # Mel frame t covers the samples from t * hop_length on: it is real if that sample is (as Whisper's mask says).
-        frame_starts = torch.arange(features["input_features"].shape[-1]) * self.feature_extractor.hop_length
-        mask = (frame_starts[None, :] < torch.tensor(window_lengths)[:, None]).to(torch.int32)
+        real_frames = real_mel_frames(torch.tensor(window_lengths), self.feature_extractor.hop_length)  # (windows,)
+        mask = (torch.arange(features["input_features"].shape[-1])[None, :] < real_frames[:, None]).to(torch.int32)
         finite = torch.isfinite(features["input_features"]).flatten(1).all(-1)  # (windows,)
         if not finite.all():
             clip = int(np.searchsorted(np.cumsum(windows_per_clip), int((~finite).nonzero()[0, 0]), side="right"))
@@ -303,7 +324,14 @@ class MoEAudioProcessor(ProcessorMixin):
         rows = torch.zeros(len(tokens_per_window), full_window, dtype=torch.long)
         window = 0
         for clip, (ids, count) in enumerate(zip(ids_per_clip, windows_per_clip)):
-            ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+            ids = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids).flatten()
+            if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+                raise TypeError(f"Clip {clip}'s semantic_audio_ids are {ids.dtype} values; give integer ids (the "
+                                "semantic tokenizer's codes).")
+            ids = ids.to(torch.long)
+            if ids.numel() and int(ids.min()) < 0:
+                raise ValueError(f"Clip {clip}'s semantic_audio_ids hold the negative id {int(ids.min())}; semantic "
+                                 "ids are codebook indices, 0 or more.")
             clip_tokens = int(tokens_per_window[window : window + count].sum())
             if ids.numel() != clip_tokens:
                 raise ValueError(
@@ -322,10 +350,13 @@ class MoEAudioProcessor(ProcessorMixin):
         """The library's `apply_chat_template`, with `{"type": "audio", "audio": array | "path": file}` blocks.
 
         `return_labels=True` (with `tokenize=True`) adds `labels`: the input ids on the assistant's tokens and -100
-        everywhere else (prompt, audio placeholders, padding), ready for training.
+        everywhere else (prompt, audio placeholders, padding), ready for training. An audio block may carry its
+        clip's `"semantic_ids"` (the second stream's ids, one per audio token): given for every audio block or none,
+        they become `semantic_audio_ids`.
         """
         conversations = conversation if conversation and isinstance(conversation[0], list) else [conversation]
         expected_rate = self.feature_extractor.sampling_rate
+        semantic_ids = []  # (one per audio block, in the order the clips are processed)
         for messages in conversations:
             if not messages:
                 raise ValueError("A conversation is empty: give at least one message, e.g. "
@@ -335,6 +366,15 @@ class MoEAudioProcessor(ProcessorMixin):
                     if block.get("type") == "audio" and kwargs.get("tokenize"):
                         call_rate = kwargs.get("sampling_rate", (kwargs.get("processor_kwargs") or {}).get("sampling_rate"))
                         self._check_audio_block(block, call_rate, expected_rate)
+                        semantic_ids.append(block.get("semantic_ids"))
+        given = [ids is not None for ids in semantic_ids]
+        if any(given) and not all(given):
+            raise ValueError(
+                f"{sum(given)} of {len(given)} audio blocks carry semantic_ids: give them for every clip of the batch "
+                "or for none (a model with a semantic codebook computes them itself)."
+            )
+        if any(given):
+            kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "semantic_audio_ids": semantic_ids}
         if return_labels:
             if not kwargs.get("tokenize"):
                 raise ValueError("return_labels=True needs tokenize=True (labels are token ids).")
@@ -382,4 +422,4 @@ class MoEAudioProcessor(ProcessorMixin):
         return list(dict.fromkeys(names))
 
 
-__all__ = ["MoEAudioFeatureExtractor", "MoEAudioProcessor", "load_audio"]
+__all__ = ["MoEAudioFeatureExtractor", "MoEAudioProcessor", "audio_token_count", "load_audio"]

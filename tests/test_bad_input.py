@@ -998,3 +998,137 @@ def test_web_demo_corpus_needs_experts(tmp_path, tiny_dense_checkpoint, make_cor
     manifest = make_corpus(0, {"train": 2})["train"]
     play(Row("--corpus for a dense checkpoint", page_model_with(corpus=manifest), ValueError,
              "--corpus is for MoE checkpoints"), tmp_path, tiny_dense_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The second stream's semantic ids: one non-negative integer per 12.5 Hz audio token of each clip
+# ----------------------------------------------------------------------------------------------------------------
+
+ONE_SECOND_IDS = 13  # a 1 s clip: 100 mel frames -> 50 encoder frames -> 13 audio tokens (the last one partial)
+
+
+def semantic_manifest(*rows, files: dict | None = None, vocab_size: int | None = None, codebook=False):
+    """`load_training_data` on a manifest of `rows` beside one-second.wav and the .npy `files` ({name: array}), for
+    a model with `vocab_size` (None: no model known) and, with `codebook`, a codebook."""
+    def run(tmp_path, wav):
+        from modeling_moe_audio.data.semantic_ids import SemanticIdsRule
+        from modeling_moe_audio.data.sources import load_training_data
+
+        folder = tmp_path / "data"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(wav, folder / "one-second.wav")
+        for name, array in (files or {}).items():
+            np.save(folder / name, array)
+        path = folder / "manifest.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return load_training_data(path, semantic=SemanticIdsRule(vocab_size=vocab_size, has_codebook=codebook))
+    return run
+
+
+def with_ids(ids, **extra):
+    return {**GOOD_ROW, "semantic_ids": ids, **extra}
+
+
+IDS = list(range(ONE_SECOND_IDS))
+TWO_CLIPS = {"audio": ["one-second.wav", "one-second.wav"]}
+SEMANTIC_ROWS = [
+    Row("inline ids, one per audio token", semantic_manifest(with_ids(IDS)),
+        check=lambda result: result[0][0]["semantic_ids"] == [IDS]),
+    Row("a .npy file of ids", semantic_manifest(with_ids("ids.npy"), files={"ids.npy": np.arange(13, dtype=np.int16)}),
+        check=lambda result: result[0][0]["semantic_ids"] == [IDS]),
+    Row("one list per clip of a two-clip row", semantic_manifest(with_ids([IDS, "ids.npy"], **TWO_CLIPS),
+                                                                  files={"ids.npy": np.zeros(13, dtype=np.int64)}),
+        check=lambda result: result[0][0]["semantic_ids"] == [IDS, [0] * 13]),
+    Row("one id too few", semantic_manifest(with_ids(IDS[:-1])), BadRowError_,
+        "clip 1 lasts 1.000 s, which is 13 audio tokens at 12.5 hz, but its semantic_ids hold 12; give exactly one id"),
+    Row("one id too many in a .npy file", semantic_manifest(with_ids("ids.npy"), files={"ids.npy": np.arange(14)}),
+        BadRowError_, "which is 13 audio tokens at 12.5 hz, but its semantic_ids hold 14"),
+    Row("a negative id", semantic_manifest(with_ids([-1] + IDS[1:])), BadRowError_, "negative id -1"),
+    Row("a float id", semantic_manifest(with_ids([0.5] + IDS[1:])), BadRowError_, "0.5, which is not an integer"),
+    Row("a boolean id", semantic_manifest(with_ids([True] + IDS[1:])), BadRowError_, "True, which is not an integer"),
+    Row("a .npy file of floats", semantic_manifest(with_ids("ids.npy"), files={"ids.npy": np.zeros(13)}), BadRowError_,
+        "1-D float64 array; it must be 1-D integers"),
+    Row("a missing .npy file", semantic_manifest(with_ids("gone.npy")), BadRowError_,
+        "semantic_ids file", ),
+    Row("a .npy path climbing out with ..", semantic_manifest(with_ids("../ids.npy")), BadRowError_,
+        "climbs out of the data file's folder"),
+    Row("one list for a two-clip row", semantic_manifest(with_ids(IDS, **TWO_CLIPS)), BadRowError_,
+        "one entry per audio clip (2 here)"),
+    Row("ids as a number", semantic_manifest(with_ids(7)), BadRowError_, "one entry per audio clip (1 here)"),
+    Row("ids on some rows only", semantic_manifest(with_ids(IDS), GOOD_ROW), ValueError,
+        "1 of 2 rows carry semantic_ids, but not all"),
+    Row("an id outside the model's vocabulary", semantic_manifest(with_ids(IDS), vocab_size=12), BadRowError_,
+        "the id 12, outside the model's semantic vocabulary (0 to 11)"),
+    Row("ids for a model without a semantic stream", semantic_manifest(with_ids(IDS), vocab_size=0), BadRowError_,
+        "the model has no semantic stream (semantic_vocab_size=0)"),
+    Row("no ids for a model that needs them", semantic_manifest(GOOD_ROW, vocab_size=16), BadRowError_,
+        "no semantic_ids, which the model needs"),
+    Row("no ids for a model with a codebook", semantic_manifest(GOOD_ROW, vocab_size=16, codebook=True),
+        check=lambda result: "semantic_ids" not in result[0][0]),
+]
+
+
+@cases(SEMANTIC_ROWS)
+def test_semantic_ids_in_data(row, tmp_path, wav):
+    play(row, tmp_path, wav)
+
+
+def test_missing_npy_names_the_file_and_the_fix(tmp_path, wav):
+    with pytest.raises(BadRowError_, match=r"gone\.npy does not exist; give the \.npy file's path"):
+        semantic_manifest(with_ids("gone.npy"))(tmp_path, wav)
+
+
+def semantic_batch(processor, *ids_per_clip):
+    clips = [{"type": "audio", "audio": samples(), "sampling_rate": 16000, **({} if ids is None else {"semantic_ids": ids})}
+             for ids in ids_per_clip]
+    return tokenized(processor, [chat(clip) for clip in clips])
+
+
+def semantic_model_call(vocab_size, ids_value):
+    def run(processor):
+        from helpers import tiny_model
+
+        model = tiny_model(semantic_vocab_size=vocab_size)
+        inputs = semantic_batch(processor, [0] * ONE_SECOND_IDS)
+        inputs["semantic_audio_ids"] = torch.full_like(inputs["semantic_audio_ids"], ids_value)
+        with torch.no_grad():
+            return model(**inputs)
+    return run
+
+
+SEMANTIC_INPUT_ROWS = [
+    Row("ids in every audio block reach the model's input", lambda p: semantic_batch(p, IDS, IDS),
+        check=lambda inputs: inputs["semantic_audio_ids"][:, :ONE_SECOND_IDS].tolist() == [IDS, IDS]),
+    Row("ids in some audio blocks only", lambda p: semantic_batch(p, IDS, None), ValueError,
+        "1 of 2 audio blocks carry semantic_ids"),
+    Row("float ids to the processor", lambda p: semantic_batch(p, [0.5] * ONE_SECOND_IDS), TypeError,
+        "give integer ids"),
+    Row("a negative id to the processor", lambda p: semantic_batch(p, [-3] * ONE_SECOND_IDS), ValueError,
+        "negative id -3"),
+    Row("a wrong id count to the processor", lambda p: semantic_batch(p, IDS[:5]), ValueError,
+        "clip 0 has 13 audio tokens at 12.5 hz but 5 semantic_audio_ids"),
+    Row("an id outside the model's vocabulary", semantic_model_call(8, 8), ValueError,
+        "holds the id 8, outside this model's semantic vocabulary (0 to 7)"),
+    Row("ids to a model without a semantic stream", semantic_model_call(0, 0), ValueError,
+        "this model has no semantic stream (semantic_vocab_size=0)"),
+    Row("no ids to a model that needs them and has no codebook", lambda p: __import__("helpers").tiny_model(
+        semantic_vocab_size=8)(**semantic_batch(p, None)), ValueError, "no codebook to compute them"),
+]
+
+
+@cases(SEMANTIC_INPUT_ROWS)
+def test_semantic_ids_in_inputs(row, processor):
+    play(row, processor)
+
+
+def test_benchmark_item_with_a_wrong_id_count(tmp_path, wav):
+    from modeling_moe_audio.data.audio import BadRowError
+    from modeling_moe_audio.evaluation.benchmarks import load_items
+
+    shutil.copy(wav, tmp_path / "one-second.wav")
+    row = {"audio_id": "one-second.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"}
+    (tmp_path / "mmau.json").write_text(json.dumps([{**row, "semantic_ids": IDS}, {**row, "semantic_ids": IDS[:3]}]))
+    with pytest.raises(BadRowError, match=r"item 2.*which is 13 audio tokens at 12.5 Hz, but its semantic_ids hold 3"):
+        load_items(tmp_path / "mmau.json")
+    (tmp_path / "mmau.json").write_text(json.dumps([{**row, "semantic_ids": IDS}]))
+    assert load_items(tmp_path / "mmau.json")[0].semantic_ids == IDS

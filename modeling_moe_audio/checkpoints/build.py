@@ -124,21 +124,25 @@ def create_checkpoint(
     tokenizer: str | Path | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    semantic_vocab_size: int | None = None,
 ) -> str:
     """`moe-audio init`: a random model from `config` (a preset name or JSON file), or with `llm` and
-    `audio_encoder` a model built from those pretrained parts with `config`'s adapter. Returns what was written."""
+    `audio_encoder` a model built from those pretrained parts with `config`'s adapter. `semantic_vocab_size`: give
+    it a second (semantic) stream taking ids of a tokenizer with that many codes (default: as the config says).
+    Returns what was written."""
+    overrides = {} if semantic_vocab_size is None else {"semantic_vocab_size": semantic_vocab_size}
     if llm or audio_encoder:
         if not (llm and audio_encoder):
             raise ValueError("--llm and --audio_encoder go together: pass both (or neither, for a random model).")
         if tokenizer:
             raise ValueError("--tokenizer does not apply with --llm: the LLM's own tokenizer is used.")
-        adapter_config = load_config(config or "paper-moe")
+        adapter_config = load_config(config or "paper-moe", **overrides)
         init_from_pretrained(llm, audio_encoder, output, adapter_config, overwrite=overwrite, seed=seed)
         return f"wrote {output}: {llm} + the encoder of {audio_encoder} + a fresh {adapter_config.adapter_type} adapter"
     if not config:
         raise ValueError("--config is required without --llm/--audio_encoder (e.g. --config tiny).")
     tokenizer = tokenizer or shipped_tokenizer(config)
-    model_config = load_config(config)
+    model_config = load_config(config, **overrides)
     init_checkpoint(model_config, output, tokenizer=tokenizer, overwrite=overwrite, seed=seed)
     if not tokenizer:
         return (f"wrote a freshly initialised {model_config.adapter_type} model to {output}; no --tokenizer given and "

@@ -20,6 +20,9 @@ def build_parser():
     parser.add_argument("--audio_encoder", help="a Whisper checkpoint (folder or Hub id) whose encoder is used")
     add_output_dir(parser, "the checkpoint")
     parser.add_argument("--tokenizer", help="tokenizer folder for the processor (default: the preset's own, if any)")
+    parser.add_argument("--semantic_vocab_size", type=int,
+                        help="add the second (semantic) stream: the codebook size of the semantic tokenizer whose ids "
+                        "the data carries (e.g. 16384 for GLM-4-Voice's); default: as the config says (0: none)")
     add_seed(parser, "the random initialisation")
     add_no_progress(parser)
     return parser
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     from ..checkpoints.build import create_checkpoint
 
     print(run(create_checkpoint, args.output_dir, config=args.config, llm=args.llm, audio_encoder=args.audio_encoder,
-              tokenizer=args.tokenizer, overwrite=args.overwrite, seed=args.seed))
+              tokenizer=args.tokenizer, overwrite=args.overwrite, seed=args.seed,
+              semantic_vocab_size=args.semantic_vocab_size))
 
 
 if __name__ == "__main__":

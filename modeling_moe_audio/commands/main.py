@@ -22,6 +22,7 @@ COMMANDS = {
     "compare": ("compare", "train configurations (MoE, dense, ablations) over several seeds: mean, spread, 95%% intervals"),
     "ablate": ("ablate", "train the Table 2/3 ablations at tiny scale on the built-in corpus"),
     "upcycle": ("upcycle", "turn a dense-adapter checkpoint into an MoE-adapter one"),
+    "semantic-fit": ("semantic_fit", "give a checkpoint a semantic stream: k-means codebook on one encoder layer"),
     "push": ("push", "publish a checkpoint to the Hub in one commit, with code and card"),
     "update-code": ("update_code", "replace an old checkpoint's code files with the installed ones, checking the logits"),
 }

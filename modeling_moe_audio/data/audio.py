@@ -5,6 +5,7 @@ samples in one way, whichever road it comes by.
 """
 
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -55,7 +56,21 @@ def _wav_shortfall(file: BinaryIO, size: int) -> float | None:
     return None
 
 
-def _check_audio(file: BinaryIO, size: int, what: str, max_audio_seconds: float | None) -> None:
+def resampled_length(num_samples: int, rate: int) -> int:
+    """Samples a clip of `num_samples` at `rate` Hz has once resampled to 16 kHz, as `load_audio` (transformers'
+    soundfile + soxr loader, which pads or trims to this length) and `decode_audio_item` give it."""
+    return num_samples if rate == SAMPLING_RATE else math.ceil(num_samples * SAMPLING_RATE / rate)
+
+
+def _resample(clip: np.ndarray, rate: int) -> np.ndarray:
+    if rate == SAMPLING_RATE:
+        return clip
+    length = resampled_length(clip.shape[0], rate)
+    resampled = soxr.resample(clip, rate, SAMPLING_RATE, quality="soxr_hq").astype(np.float32)
+    return np.pad(resampled, (0, max(0, length - resampled.shape[0])))[:length]
+
+
+def _check_audio(file: BinaryIO, size: int, what: str, max_audio_seconds: float | None) -> int:
     try:
         info = soundfile.info(file)
     except Exception as error:  # soundfile raises its own LibsndfileError and RuntimeError
@@ -69,22 +84,24 @@ def _check_audio(file: BinaryIO, size: int, what: str, max_audio_seconds: float 
                       "are missing; only the rest is used.", stacklevel=3)
     if max_audio_seconds is not None and info.duration > max_audio_seconds:
         raise BadRowError(f"{what} lasts {info.duration:.1f} s, over the limit of {max_audio_seconds} s")
+    return resampled_length(info.frames, info.samplerate)
 
 
-def check_audio_file(path: str | Path, max_audio_seconds: float | None = None) -> None:
-    """Raise `BadRowError` unless `path` is a decodable, non-empty audio file no longer than the limit."""
+def check_audio_file(path: str | Path, max_audio_seconds: float | None = None) -> int:
+    """Raise `BadRowError` unless `path` is a decodable, non-empty audio file no longer than the limit; returns the
+    number of samples it decodes to at 16 kHz (read from the file's header)."""
     if not Path(path).is_file():
         raise BadRowError(f"audio file {path} does not exist")
     with open(path, "rb") as file:
-        _check_audio(file, Path(path).stat().st_size, f"audio file {path}", max_audio_seconds)
+        return _check_audio(file, Path(path).stat().st_size, f"audio file {path}", max_audio_seconds)
 
 
-def check_audio_bytes(data: bytes, name: str, max_audio_seconds: float | None = None) -> None:
+def check_audio_bytes(data: bytes, name: str, max_audio_seconds: float | None = None) -> int:
     """The same checks for a clip stored in a dataset row (`datasets.Audio`'s bytes; `name`: its file name)."""
     what = f"audio {name} (bytes stored in the row)"
     if not data:
         raise BadRowError(f"{what} is empty")
-    _check_audio(io.BytesIO(data), len(data), what, max_audio_seconds)
+    return _check_audio(io.BytesIO(data), len(data), what, max_audio_seconds)
 
 
 def decode_audio_item(item, index: int = 0) -> np.ndarray:
@@ -102,6 +119,5 @@ def decode_audio_item(item, index: int = 0) -> np.ndarray:
         else:
             samples = None
         if samples is not None:
-            clip = to_mono_float32(np.asarray(samples), index)
-            return soxr.resample(clip, rate, SAMPLING_RATE).astype(np.float32) if rate != SAMPLING_RATE else clip
+            return _resample(to_mono_float32(np.asarray(samples), index), rate)
     raise TypeError(f"Cannot decode an audio item of type {type(item).__name__}: use a path or a datasets.Audio dict.")

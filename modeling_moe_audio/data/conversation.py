@@ -46,22 +46,34 @@ def audio_blocks(conversation: list[dict]) -> list[dict]:
     return [block for message in conversation for block in message["content"] if block["type"] == "audio"]
 
 
-def decoded_chat(conversation: list[dict], audio_items: list, with_answer: bool = True) -> list[dict]:
-    """The chat the processor takes: each audio block holding its decoded clip; `with_answer=False` leaves out
-    the assistant's turns (the prompt a model answers)."""
+def decoded_chat(conversation: list[dict], audio_items: list, with_answer: bool = True,
+                 semantic_ids: list[list[int]] | None = None) -> list[dict]:
+    """The chat the processor takes: each audio block holding its decoded clip (and, given `semantic_ids`, one list
+    per clip, its clip's ids as `"semantic_ids"`, which the processor passes to the model); `with_answer=False` leaves
+    out the assistant's turns (the prompt a model answers)."""
     num_blocks = len(audio_blocks(conversation))
     if num_blocks != len(audio_items):
         raise ValueError(
             f"A row's conversation has {num_blocks} audio blocks but its 'audio' column holds {len(audio_items)} "
             "items; give one audio item per audio block, in order."
         )
+    if semantic_ids is not None and len(semantic_ids) != num_blocks:
+        raise ValueError(f"A row's conversation has {num_blocks} audio blocks but its semantic_ids hold "
+                         f"{len(semantic_ids)} lists; give one list of ids per clip, in order.")
     clips = iter([decode_audio_item(item, index) for index, item in enumerate(audio_items)])
+    clip_ids = iter(semantic_ids or [])
+
+    def audio_block() -> dict:
+        block = {"type": "audio", "audio": next(clips), "sampling_rate": SAMPLING_RATE}
+        if semantic_ids is not None:
+            block["semantic_ids"] = next(clip_ids)
+        return block
+
     return [
         {
             "role": message["role"],
             "content": [
-                {"type": "audio", "audio": next(clips), "sampling_rate": SAMPLING_RATE} if block["type"] == "audio"
-                else {"type": "text", "text": block["text"]}
+                audio_block() if block["type"] == "audio" else {"type": "text", "text": block["text"]}
                 for block in message["content"]
             ],
         }

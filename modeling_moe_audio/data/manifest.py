@@ -8,7 +8,8 @@ A manifest has one JSON object per line, in one of two forms (audio paths are re
                                                    {"type": "text", "text": "What is it?"}]},
                       {"role": "assistant", "content": "music"}]}
 
-Any other keys (e.g. "category") are kept as columns. Rows are validated when the manifest is read: a missing or
+A row may also carry the second stream's ids, `"semantic_ids"`: per clip a list of integers or a `.npy` file
+(`data.semantic_ids`), for every row or for none. Any other keys (e.g. "category") are kept as columns. Rows are validated when the manifest is read: a missing or
 unreadable file, a wrong schema or audio longer than the limit is an error that names the row and the reason, or,
 with `skip_bad_rows=True`, the row is left out and counted.
 """
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from .audio import BadRowError, check_audio_bytes, check_audio_file, resolve_audio_path
 from .conversation import normal_form, row_conversation
+from .semantic_ids import SEMANTIC_IDS, SemanticIdsRule, check_all_or_none, row_semantic_ids
 
 
 @dataclass
@@ -164,16 +166,19 @@ def _check_columns(row: dict, column_types: dict, label: str) -> None:
 ROW_KEYS = ("audio", "prompt", "response", "conversation")
 
 
-def checked_row(row, folder: Path | None, max_audio_seconds: float | None = 600.0, check_audio: bool = True) -> dict:
+def checked_row(row, folder: Path | None, max_audio_seconds: float | None = 600.0, check_audio: bool = True,
+                semantic: SemanticIdsRule = SemanticIdsRule()) -> dict:
     """A row (a manifest's object, or a dataset row with the same keys; in a conversation, audio blocks without a
     path take the row's `audio` clips, in order) in normal form, `{"conversation", "audio",
     **other keys}`, after every check: its schema (roles, block types, audio in user messages only, no special
     tokens in its text) and, with `check_audio`, each clip (a file, see `resolve_audio_path` for where it may be,
     or a `datasets.Audio` item's bytes: it must decode, hold samples and last at most `max_audio_seconds`). A bad
     row raises `BadRowError` with the reason. `audio` holds each clip's absolute path (a `{"path", "bytes"}` dict
-    for bytes stored in the row), in the order the audio is heard; nothing is decoded here."""
+    for bytes stored in the row), in the order the audio is heard; nothing is decoded here. A row's `semantic_ids` (the
+    second stream's ids, see `data.semantic_ids`) become one list of ints per clip, checked against each clip's length
+    (with `check_audio`) and against what the model takes (`semantic`, when it knows the model)."""
     _check_schema(row)
-    audio = []
+    audio, num_samples = [], []
     # In a conversation, audio blocks without a path take the row's `audio` clips in order (as datasets hold them).
     clips = iter(row["audio"] if isinstance(row.get("audio"), list) else [row.get("audio")])
 
@@ -182,18 +187,22 @@ def checked_row(row, folder: Path | None, max_audio_seconds: float | None = 600.
             item = next(clips)
         if isinstance(item, dict) and item.get("bytes") is not None:
             name = item.get("path") or f"clip {len(audio) + 1}"
-            if check_audio:
-                check_audio_bytes(item["bytes"], name, max_audio_seconds)
+            num_samples.append(check_audio_bytes(item["bytes"], name, max_audio_seconds) if check_audio else None)
             audio.append({"path": item.get("path"), "bytes": item["bytes"]})
             return name
         path = resolve_audio_path(item["path"] if isinstance(item, dict) else item, folder)
-        if check_audio:
-            check_audio_file(path, max_audio_seconds)
+        num_samples.append(check_audio_file(path, max_audio_seconds) if check_audio else None)
         audio.append(path)
         return path
 
     conversation = normal_form(row_conversation(row), resolve)
-    return {"conversation": conversation, "audio": audio, **{k: v for k, v in row.items() if k not in ROW_KEYS}}
+    checked = {"conversation": conversation, "audio": audio, **{k: v for k, v in row.items() if k not in ROW_KEYS}}
+    ids = row_semantic_ids(row.get(SEMANTIC_IDS), num_samples, folder, semantic)
+    if ids is not None:
+        checked[SEMANTIC_IDS] = ids
+    else:
+        checked.pop(SEMANTIC_IDS, None)  # a null in a dataset's column: the row has none
+    return checked
 
 
 def bad_row_error(where: str, error: BadRowError) -> BadRowError:
@@ -206,6 +215,7 @@ def load_manifest(
     path: str | Path,
     max_audio_seconds: float = 600.0,
     skip_bad_rows: bool = False,
+    semantic: SemanticIdsRule = SemanticIdsRule(),
 ) -> tuple[datasets.Dataset, ManifestReport]:
     """Read and validate a JSONL manifest into a `datasets.Dataset` with `conversation` and `audio` columns.
 
@@ -220,9 +230,9 @@ def load_manifest(
         try:
             if isinstance(row, BadRowError):
                 raise row
-            checked = checked_row(row, path.parent, max_audio_seconds)
-            _check_columns({k: v for k, v in checked.items() if k not in ("conversation", "audio")}, column_types,
-                           label)
+            checked = checked_row(row, path.parent, max_audio_seconds, semantic=semantic)
+            _check_columns({k: v for k, v in checked.items() if k not in ("conversation", "audio", SEMANTIC_IDS)},
+                           column_types, label)
         except BadRowError as error:
             if not skip_bad_rows:
                 raise bad_row_error(f"{path}, {label}", error) from None
@@ -231,6 +241,7 @@ def load_manifest(
         rows.append(checked)
     if not rows:
         raise ValueError(f"Manifest {path} has no usable rows ({len(report.skipped)} left out).")
+    check_all_or_none([SEMANTIC_IDS in row for row in rows], f"Manifest {path}")
     report.kept = len(rows)
     try:
         return datasets.Dataset.from_list(rows), report

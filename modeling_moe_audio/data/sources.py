@@ -30,6 +30,7 @@ import torch
 from ..checkpoints.loading import looks_like_a_local_path, missing_path_error
 from .audio import BadRowError
 from .manifest import ROW_KEYS, ManifestReport, bad_row_error, checked_row, load_manifest
+from .semantic_ids import SEMANTIC_IDS, SemanticIdsRule, check_all_or_none
 
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def load_training_data(
     max_audio_seconds: float = 600.0,
     skip_bad_rows: bool = False,
     split_flag: str = "--split",
+    semantic: SemanticIdsRule = SemanticIdsRule(),
 ) -> tuple[torch.utils.data.Dataset | datasets.IterableDataset, ManifestReport]:
     """The rows of `source` (see the module docstring) in normal form, checked, and what the check left out.
 
@@ -112,18 +114,18 @@ def load_training_data(
     (`streaming=False`): every row is checked now, and a bad row raises `BadRowError` with its index and the reason,
     or is left out and listed in the report (`skip_bad_rows`). Streamed: a `datasets.IterableDataset` whose rows are
     checked as they are read; a bad row stops the iteration the same way, or is left out, logged and counted in the
-    report as the stream reaches it.
+    report as the stream reaches it. `semantic`: how rows' semantic ids are checked (what the model takes, when known).
     """
     name = os.fspath(source)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix != ".parquet":
-        dataset, report = load_manifest(path, max_audio_seconds, skip_bad_rows)
+        dataset, report = load_manifest(path, max_audio_seconds, skip_bad_rows, semantic)
         return (dataset.to_iterable_dataset() if streaming else dataset), report
     dataset, folder = _open(name, path, split, default_split, streaming, split_flag, "Training data")
     columns.check_present(dataset.column_names, name)
     if streaming:
-        return _checked_stream(dataset, name, columns, folder, max_audio_seconds, skip_bad_rows)
-    return _checked_whole(dataset, name, columns, folder, max_audio_seconds, skip_bad_rows)
+        return _checked_stream(dataset, name, columns, folder, max_audio_seconds, skip_bad_rows, semantic)
+    return _checked_whole(dataset, name, columns, folder, max_audio_seconds, skip_bad_rows, semantic)
 
 
 def dataset_rows(source: str | os.PathLike, split: str | None = None, default_split: str = "train",
@@ -197,11 +199,12 @@ def _split(loaded, split: str | None, default_split: str, name: str, split_flag:
     return loaded[chosen]
 
 
-def _checked_whole(dataset: datasets.Dataset, name, columns, folder, max_audio_seconds, skip_bad_rows):
-    report, kept = ManifestReport(), []
+def _checked_whole(dataset: datasets.Dataset, name, columns, folder, max_audio_seconds, skip_bad_rows, semantic):
+    report, kept, has_ids = ManifestReport(), [], []
     for index, (label, values) in enumerate(_rows_of(dataset)):
         try:
-            checked_row(columns.row(values), folder, max_audio_seconds)
+            has_ids.append(SEMANTIC_IDS in checked_row(columns.row(values), folder, max_audio_seconds,
+                                                       semantic=semantic))
             kept.append(index)
         except BadRowError as error:
             if not skip_bad_rows:
@@ -209,6 +212,7 @@ def _checked_whole(dataset: datasets.Dataset, name, columns, folder, max_audio_s
             report.skipped.append(f"{name}, {label}: {error}")
     if not kept:
         raise ValueError(f"Training data {name} has no usable rows ({len(report.skipped)} left out).")
+    check_all_or_none(has_ids, f"Training data {name}")
     report.kept = len(kept)
     return CheckedRows(dataset, np.asarray(kept, dtype=np.int64), columns, folder), report
 
@@ -216,12 +220,13 @@ def _checked_whole(dataset: datasets.Dataset, name, columns, folder, max_audio_s
 BAD_ROW = "_bad_row"  # the column that marks a streamed row the check left out, until the filter drops it
 
 
-def _checked_stream(stream: datasets.IterableDataset, name, columns, folder, max_audio_seconds, skip_bad_rows):
+def _checked_stream(stream: datasets.IterableDataset, name, columns, folder, max_audio_seconds, skip_bad_rows,
+                    semantic):
     report = ManifestReport()
 
     def check(values: dict, index: int) -> dict:
         try:
-            row = checked_row(columns.row(values), folder, max_audio_seconds)
+            row = checked_row(columns.row(values), folder, max_audio_seconds, semantic=semantic)
         except BadRowError as error:
             if not skip_bad_rows:
                 raise bad_row_error(f"{name}, row {index}", error) from None

@@ -47,6 +47,10 @@ exported from ``hlt-lab/voicebench`` (configs ``mmsu`` and ``openbookqa``) with 
   contains ``mmsu``, ``openbookqa`` or ``obqa``, else ``voicebench``; or the loader's ``benchmark=`` argument).
   The item's task is the benchmark, so a file mixing MMSU and OpenBookQA rows is broken down per benchmark.
 
+**Both formats** may carry ``semantic_ids``, the clip's ids for a model with a second (semantic) stream: a list of
+integers or the path of a ``.npy`` file of them, one id per 12.5 Hz audio token of the clip (see
+`modeling_moe_audio.data.semantic_ids`).
+
 **Datasets**: the same rows may come as a dataset instead of a file: a folder saved with `save_to_disk`, a parquet
 file or folder, or a Hub dataset id (`split`: its split, none given: the only one, else ``test``; see
 `modeling_moe_audio.data.sources`). The audio field may then be a `datasets.Audio` column, read as ``{"path",
@@ -85,6 +89,7 @@ class QAItem:
     options_in_audio: bool = False  # the lettered options are spoken too: the prompt does not list them
     difficulty: str | None = None
     subcategory: str | None = None
+    semantic_ids: list[int] | None = None  # the clip's second-stream ids, one per 12.5 Hz audio token, when given
 
     @property
     def answer_letter(self) -> str:
@@ -110,17 +115,27 @@ def _first(row: dict, keys: tuple[str, ...]):
     return next((row[key] for key in keys if row.get(key) is not None), None)
 
 
-def _resolve_audio(value, folder: Path | None) -> str | dict:
+def _resolve_audio(value, folder: Path | None) -> tuple[str | dict, int]:
+    """(the clip as a `QAItem` holds it, its length in samples at 16 kHz), after checking it."""
     if isinstance(value, dict) and value.get("bytes") is not None:  # a `datasets.Audio` item holding the clip
-        check_audio_bytes(value["bytes"], value.get("path") or "clip")
-        return {"path": value.get("path"), "bytes": value["bytes"]}
+        num_samples = check_audio_bytes(value["bytes"], value.get("path") or "clip")
+        return {"path": value.get("path"), "bytes": value["bytes"]}, num_samples
     if isinstance(value, dict):
         value = value.get("path")
     if not isinstance(value, str) or not value:
         raise BadRowError("the audio field must be a path (a string) or a {'path': ...} dict")
     path = resolve_audio_path(value, folder)
-    check_audio_file(path)
-    return path
+    return path, check_audio_file(path)
+
+
+def _audio_and_ids(row: dict, value, folder: Path | None) -> dict:
+    """The item's `audio` and, when the row carries them, its clip's `semantic_ids` (a list of ints or a `.npy`
+    path, one id per 12.5 Hz audio token), checked against the clip."""
+    from ..data.semantic_ids import SEMANTIC_IDS, row_semantic_ids
+
+    audio, num_samples = _resolve_audio(value, folder)
+    ids = row_semantic_ids(row.get(SEMANTIC_IDS), [num_samples], folder)
+    return {"audio": audio, "semantic_ids": ids[0] if ids else None}
 
 
 def _check_options(options) -> list[str]:
@@ -170,7 +185,7 @@ def _mmau_row(row: dict, label: str, folder: Path | None) -> QAItem:
     audio_text = _first(row, ("audio_text", "transcript"))
     return QAItem(
         id=str(row.get("id", f"mmau-{label.split()[-1]}")),
-        audio=_resolve_audio(row["audio_id"], folder),
+        **_audio_and_ids(row, row["audio_id"], folder),
         question=row["question"].strip(),
         options=options,
         answer_index=matches[0],
@@ -229,7 +244,7 @@ def _voicebench_row(benchmark: str):
         name = str(row.get("benchmark") or benchmark)
         return QAItem(
             id=str(row.get("id", row.get("question_id", f"{name}-{label.split()[-1]}"))),
-            audio=_resolve_audio(audio, folder),
+            **_audio_and_ids(row, audio, folder),
             question=question or text,
             options=options,
             answer_index=answer_index,

@@ -8,7 +8,8 @@ from ..progress import progress_bar
 
 
 def greedy_generate(model, processor, conversations: list[list[dict]], max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers to a batch of decoded chats, left-padded, on the model's device and in its dtype."""
+    """Greedy answers to a batch of decoded chats, left-padded, on the model's device and in its dtype (audio blocks
+    may carry their clip's `"semantic_ids"`, see `MoEAudioProcessor.apply_chat_template`)."""
     inputs = processor.apply_chat_template(
         conversations, tokenize=True, return_dict=True, add_generation_prompt=True,
         processor_kwargs={"padding_side": "left"},
@@ -27,7 +28,8 @@ def generate_answers(
     with progress_bar(total=len(rows), desc=desc, unit="question") as bar:
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            prompts = [decoded_chat(row["conversation"], row["audio"], with_answer=False) for row in batch]
+            prompts = [decoded_chat(row["conversation"], row["audio"], with_answer=False,
+                                    semantic_ids=row.get("semantic_ids")) for row in batch]
             answers.extend(greedy_generate(model, processor, prompts, max_new_tokens))
             bar.update(len(batch))
     return answers

@@ -66,4 +66,7 @@ def build_conversation(item: QAItem, text_only: bool = False, audio=None, style:
     from ..data.audio import SAMPLING_RATE, decode_audio_item  # datasets and transformers: not for `moe-audio evaluate --help`
 
     clip = decode_audio_item(item.audio) if audio is None else audio
-    return [{"role": "user", "content": [{"type": "audio", "audio": clip, "sampling_rate": SAMPLING_RATE}, text]}]
+    block = {"type": "audio", "audio": clip, "sampling_rate": SAMPLING_RATE}
+    if item.semantic_ids is not None:
+        block["semantic_ids"] = item.semantic_ids  # the processor passes them to a model with a semantic stream
+    return [{"role": "user", "content": [block, text]}]

@@ -169,6 +169,21 @@ def modality_gap(
     }
 
 
+def check_semantic_ids(items: list[QAItem], config, processor, data) -> None:
+    """Before any question is asked: the items' semantic ids are what the model takes (all or none, within its
+    vocabulary; none only for a model without a second stream or with a codebook)."""
+    from ..data.audio import BadRowError
+    from ..data.semantic_ids import SemanticIdsRule, check_all_or_none
+
+    check_all_or_none([item.semantic_ids is not None for item in items], f"Benchmark data {data}")
+    rule = SemanticIdsRule.for_model(config, processor)
+    for item in items:
+        try:
+            rule.check_against_model(None if item.semantic_ids is None else [item.semantic_ids])
+        except BadRowError as error:
+            raise BadRowError(f"{data}, item {item.id}: {error}.") from None
+
+
 def run_evaluation(
     model: str | Path,
     data: str | Path,
@@ -213,6 +228,7 @@ def run_evaluation(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     loaded, processor = load_checkpoint(model, dtype=dtype, device=device)
+    check_semantic_ids(items, loaded.config, processor, data)
     settings = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
                     prompt_style=prompt_style, answer_parsing=answer_parsing, seed=seed)
     results = {"model": str(model), "data": str(data), "format": format}

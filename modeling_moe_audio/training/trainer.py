@@ -25,6 +25,7 @@ from ..checkpoints.loading import load_checkpoint
 
 from ..data.collator import MoEAudioDataCollator
 from ..data.manifest import load_rows
+from ..data.semantic_ids import SemanticIdsRule
 from ..data.sources import DataColumns, load_training_data
 from ..checkpoints.model_card import write_model_card
 from ..output_dirs import check_output_dir, resumes_run_in
@@ -101,8 +102,9 @@ class MoEAudioTrainArguments:
     )
 
 
-def _checked_data(role: str, script_args: MoEAudioTrainArguments):
-    """The training or evaluation rows, checked (as they stream, with --streaming); the bad rows left out listed."""
+def _checked_data(role: str, script_args: MoEAudioTrainArguments, semantic: SemanticIdsRule = SemanticIdsRule()):
+    """The training or evaluation rows, checked (as they stream, with --streaming), their semantic ids against what
+    the model takes (`semantic`); the bad rows left out listed."""
     training = role == "training"
     columns = DataColumns(script_args.audio_column, script_args.prompt_column, script_args.response_column,
                           script_args.conversation_column)
@@ -111,7 +113,7 @@ def _checked_data(role: str, script_args: MoEAudioTrainArguments):
         split=script_args.split if training else script_args.eval_split,
         default_split="train" if training else "validation", split_flag="--split" if training else "--eval_split",
         streaming=script_args.streaming, max_audio_seconds=script_args.max_audio_seconds,
-        skip_bad_rows=script_args.skip_bad_rows,
+        skip_bad_rows=script_args.skip_bad_rows, semantic=semantic,
     )
     if report.skipped and not script_args.streaming:  # a stream logs each as it reaches it
         print(f"left out {len(report.skipped)} bad {role} rows (--skip_bad_rows):", *report.skipped, sep="\n  ")
@@ -282,8 +284,9 @@ def build_trainer(script_args: MoEAudioTrainArguments, training_args: TrainingAr
     if script_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps: a streamed dataset has no length, so the number of steps "
                          "cannot come from --num_train_epochs.")
-    train_dataset, train_report = _checked_data("training", script_args)
-    eval_dataset = _checked_data("evaluation", script_args)[0] if script_args.eval_data else None
+    semantic = SemanticIdsRule.for_model(model.config, processor)
+    train_dataset, train_report = _checked_data("training", script_args, semantic)
+    eval_dataset = _checked_data("evaluation", script_args, semantic)[0] if script_args.eval_data else None
 
     if training_args.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in (
         training_args.lr_scheduler_kwargs or {}
