@@ -768,7 +768,9 @@ class SortedExpertsFunction(torch.autograd.Function):
     def forward(hidden_states, top_k_index, top_k_weights, up_proj, down_proj):
         num_tokens, top_k = top_k_index.shape
         expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (S,), (S,)
-        offsets = torch.bincount(expert_of_pair, minlength=up_proj.shape[0]).cumsum(0).to(torch.int32)  # (E,)
+        # End of each expert's slice: a search in the sorted ids keeps the shape static (bincount would break graphs).
+        experts = torch.arange(up_proj.shape[0], device=expert_of_pair.device)
+        offsets = torch.searchsorted(expert_of_pair, experts, right=True).to(torch.int32)  # (E,)
         token_of_pair = order // top_k  # (S,): pair (token t, slot j) is t * k + j before sorting
         pair_inputs = hidden_states.index_select(0, token_of_pair).to(up_proj.dtype)  # (S, d)
         pre_activation = _grouped_mm(pair_inputs, up_proj.transpose(1, 2), offsets)  # (S, h)

@@ -257,3 +257,39 @@ def test_generate_answers_passes_each_rows_ids(with_stream, corpus):
     assert len(generate_answers(model, processor, rows, max_new_tokens=2)) == 2
     with pytest.raises(ValueError, match="no codebook to compute them"):
         generate_answers(model, processor, rows_of(corpus["test"])[:1], max_new_tokens=2)
+
+
+def test_the_pipeline_passes_ids_in_audio_blocks_and_a_codebook_model_needs_none(with_stream, fitted, corpus):
+    """`pipeline("any-to-any")`: a block's `semantic_ids` reach the model's frontend; a model with a codebook computes
+    its own ids from the audio alone."""
+    from transformers import pipeline
+
+    clip = rows_of(corpus["test"])[0]["audio"][0]
+    processor = AutoProcessor.from_pretrained(with_stream, trust_remote_code=True)
+    count = processor.audio_token_count(decode_audio_item(clip).shape[0])
+
+    def chat(**ids):
+        return [{"role": "user", "content": [{"type": "audio", "path": clip, **ids},
+                                             {"type": "text", "text": "What is said?"}]}]
+
+    pipe = pipeline("any-to-any", model=str(with_stream), trust_remote_code=True)
+    seen = []
+    hook = pipe.model.model.frontend.register_forward_hook(lambda module, args, output: seen.append(args[1]))
+    try:
+        for value in (3, 11):
+            pipe(text=chat(semantic_ids=[value] * count), max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert seen[0].tolist() == [3] * count and seen[-1].tolist() == [11] * count
+    with pytest.raises(ValueError, match="no codebook to compute them"):
+        pipe(text=chat(), max_new_tokens=2)
+
+    fitted_pipe = pipeline("any-to-any", model=str(fitted), trust_remote_code=True)
+    computed = []
+    hook = fitted_pipe.model.model.frontend.register_forward_hook(lambda module, args, output: computed.append(args[1]))
+    try:
+        answer = fitted_pipe(text=chat(), max_new_tokens=2, return_full_text=False)[0]["generated_text"]
+    finally:
+        hook.remove()
+    assert isinstance(answer, str) and computed[0].shape == (count,)
+    assert int(computed[0].max()) < CODEBOOK_SIZE
