@@ -6,9 +6,11 @@
   training (`GradientConflictCallback` on the validation questions) and measured at its end; more negative is more
   conflict.
 - Gradient influence (eq. 12, Figure 5), at the end of training.
-- Expert specialisation (Figure 3): how differently the categories are routed, as the mean over category pairs of
-  the total variation distance between their expert shares (0: every category uses the experts alike; 1: no expert
-  shared), after training and, for reference, at initialisation.
+- Expert specialisation (Figure 3): how differently the kinds of audio are routed, as the mean over pairs of the
+  total variation distance between their expert shares (0: every kind uses the experts alike; 1: no expert shared),
+  after training and, for reference, at initialisation. The router sees the audio, not the question, so routing is
+  grouped by the clip's `kind` where rows carry one (the conflict corpus, whose content and paralinguistic questions
+  are asked of the same clips), else by category.
 
 `measure_run` measures one trained run; `summarise_claims` gives, per configuration, the spread over seeds and,
 against the baseline where both have the measure, the paired difference over seeds (`statistics`).
@@ -78,9 +80,11 @@ def measure_run(checkpoint: Path, init_checkpoint: Path, manifests: dict, name: 
     measured["cosine_during_training"] = {pair: sum(v for _, v in values) / len(values)
                                           for pair, values in history.items() if values}
     if "rates" in analysis["expert_activation"]:
-        rates = analysis["expert_activation"]["rates"]
+        routing_key = "kind" if all("kind" in row for row in test_rows) else "category"
+        rates = expert_activation(model, processor, test_rows, routing_key)["rates"]
         init_model, init_processor = load_checkpoint(init_checkpoint)
-        initial = expert_activation(init_model, init_processor, test_rows)["rates"]
+        initial = expert_activation(init_model, init_processor, test_rows, routing_key)["rates"]
+        measured["routing_key"] = routing_key
         measured["expert_rates"] = rates
         measured["specialisation"] = {"trained": routing_specialisation(rates),
                                       "initial": routing_specialisation(initial)}
@@ -94,7 +98,7 @@ SCALARS = (
      "higher is less conflict"),
     ("cosine_end", "gradient cosine between categories, mean over pairs, end of training", "higher is less conflict"),
     ("specialisation", "routing specialisation after training (initialisation in brackets)",
-     "0 = categories routed alike"),
+     "0 = kinds of audio routed alike"),
 )
 
 
@@ -214,10 +218,11 @@ def plot_claims(results: list[dict], configs: list[str], output: Path, prefix: s
         seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
         categories = runs[0]["categories"]
         if all("expert_rates" in run for run in runs):
-            mean, std = _mean_and_std([[run["expert_rates"][c] for c in categories] for run in runs])
-            path = plot_heatmap({c: list(mean[i]) for i, c in enumerate(categories)}, output / f"{prefix}-{name}-experts.png",
+            kinds = [kind for kind in runs[0]["expert_rates"] if runs[0]["expert_rates"][kind] is not None]
+            mean, std = _mean_and_std([[run["expert_rates"][kind] for kind in kinds] for run in runs])
+            path = plot_heatmap({k: list(mean[i]) for i, k in enumerate(kinds)}, output / f"{prefix}-{name}-experts.png",
                                 f"Expert activation rate per audio token,\nmean ± sd over {seeds} ({name}, {label})",
-                                spreads={c: list(std[i]) for i, c in enumerate(categories)})
+                                spreads={k: list(std[i]) for i, k in enumerate(kinds)})
             files[f"{name} experts"] = path.name
         for key, title, axes_labels in (
             ("cosine_matrix", "Gradient cosine similarity, eq. 11", {}),
