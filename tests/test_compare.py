@@ -140,7 +140,8 @@ def test_claims_are_summarised_over_seeds_and_paired_with_the_baseline():
     table = format_claims(summary, "dense")
     gap_row = next(line for line in table.splitlines() if line.startswith("| modality gap"))
     assert "| -0.200 ± 0.000 | -0.290 ± 0.010 | moe: +0.090 [" in gap_row
-    assert "| a-b | +0.110 ± 0.010 | -0.120 ± 0.020 |" in table
+    assert "| a-b | +0.110 ± 0.010 | -0.120 ± 0.020 | moe: +0.230 [" in table
+    assert summary["pair_differences"]["moe"]["a-c"]["mean"] == pytest.approx(0.23)
     assert "moe trained - initial: +0.300" in table
 
 

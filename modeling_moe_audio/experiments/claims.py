@@ -123,7 +123,7 @@ def summarise_claims(results: list[dict], configs: list[str], seeds: list[int], 
     over two seeds or more) the paired difference; for specialisation, trained - initialisation per configuration.
     Per gradient pair: each configuration's spread of the cosine during training."""
     by_run = {(r["config"], r["seed"]): scalar_measures(r) for r in results}
-    summary = {"measures": {}, "differences": {}, "specialisation_gain": {}, "pairs": {}}
+    summary = {"measures": {}, "differences": {}, "specialisation_gain": {}, "pairs": {}, "pair_differences": {}}
     for key in (*(key for key, _, _ in SCALARS), "specialisation_initial"):
         having = {name: [by_run[name, s][key] for s in seeds] for name in configs
                   if all(key in by_run[name, s] for s in seeds)}
@@ -143,6 +143,13 @@ def summarise_claims(results: list[dict], configs: list[str], seeds: list[int], 
         summary["pairs"][name] = {pair: spread([claims[name, s]["cosine_during_training"][pair] for s in seeds])
                                   for pair in pairs
                                   if all(pair in claims[name, s].get("cosine_during_training", {}) for s in seeds)}
+    if len(seeds) > 1:
+        for name in configs:
+            shared = [pair for pair in summary["pairs"][name] if pair in summary["pairs"].get(baseline, {})]
+            if name != baseline and shared:
+                summary["pair_differences"][name] = {pair: paired_difference(
+                    [claims[name, s]["cosine_during_training"][pair] for s in seeds],
+                    [claims[baseline, s]["cosine_during_training"][pair] for s in seeds]) for pair in shared}
     return summary
 
 
@@ -183,11 +190,15 @@ def format_claims(summary: dict, baseline: str) -> str:
         lines.append(f"| {what} | {reading} | " + " | ".join(cells) + f" | {shown or '-'} |")
     pairs = sorted({pair for per_pair in summary["pairs"].values() for pair in per_pair})
     if pairs:
-        lines += ["", "Gradient cosine of each pair of categories, mean over training (mean ± sd over seeds):", "",
-                  "| pair | " + " | ".join(summary["pairs"]) + " |", "| --- " * (1 + len(summary["pairs"])) + "|"]
+        differences = summary.get("pair_differences", {})
+        lines += ["", "Gradient cosine of each pair of categories, mean over training (mean ± sd over seeds), and the "
+                  f"difference from {baseline} (mean [95% CI], paired t-test):", "",
+                  "| pair | " + " | ".join(summary["pairs"]) + " | difference |",
+                  "| --- " * (2 + len(summary["pairs"])) + "|"]
         for pair in pairs:
+            shown = "; ".join(f"{name}: {_difference(d[pair])}" for name, d in differences.items() if pair in d)
             lines.append(f"| {pair} | " + " | ".join(_cell(per_pair[pair]) if pair in per_pair else "-"
-                                                     for per_pair in summary["pairs"].values()) + " |")
+                                                     for per_pair in summary["pairs"].values()) + f" | {shown or '-'} |")
     return "\n".join(lines)
 
 
