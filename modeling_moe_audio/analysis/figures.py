@@ -44,11 +44,13 @@ def _annotate(axes, image, values, fmt: str, spreads=None) -> None:
             axes.text(column, row, text, ha="center", va="center", fontsize=8 if spreads is None else 7, color=color)
 
 
-def plot_heatmap(rates, path, title: str = "Expert activation rate per audio token", spreads=None) -> Path:
+def plot_heatmap(rates, path, title: str = "Expert activation rate per audio token", spreads=None,
+                 experts_in_order: bool = False) -> Path:
     """Figure 3: categories (rows) by routed experts (columns), each cell the token-normalised activation rate.
 
     `rates` is `expert_activation`'s result or its `rates` dict ({category: [rate per expert]}); `spreads` (the
     same shape, e.g. the standard deviation over seeds of mean `rates`) are printed under the values.
+    `experts_in_order`: the columns are positions in an order of the experts (1, 2, ...), not expert numbers.
     """
     rates = rates["rates"] if "rates" in rates else rates
     categories = [category for category, values in rates.items() if values is not None]
@@ -59,9 +61,9 @@ def plot_heatmap(rates, path, title: str = "Expert activation rate per audio tok
     figure = new_figure(1.2 + 0.6 * num_experts, 1.4 + 0.5 * len(categories))
     axes = figure.add_subplot()
     image = axes.imshow(values, cmap="viridis", vmin=0.0, aspect="auto")
-    axes.set_xticks(range(num_experts), [f"E{e}" for e in range(num_experts)])
+    axes.set_xticks(range(num_experts), [f"{e + 1}" if experts_in_order else f"E{e}" for e in range(num_experts)])
     axes.set_yticks(range(len(categories)), categories)
-    axes.set_xlabel("routed expert")
+    axes.set_xlabel("routed expert, in order" if experts_in_order else "routed expert")
     axes.set_title(title, fontsize=10)
     _annotate(axes, image, values, ".2f", None if spreads is None else [spreads[c] for c in categories])
     figure.colorbar(image, ax=axes, label="activations / token")

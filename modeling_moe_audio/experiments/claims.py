@@ -215,6 +215,20 @@ def _mean_and_std(matrices: list) -> tuple:
     return np.nanmean(stacked, axis=0), std
 
 
+def _by_favoured_kind(rates: list[list[float]]) -> list[list[float]]:
+    """Experts are interchangeable from seed to seed (expert 3 of one seed has nothing to do with expert 3 of
+    another), so before averaging, each seed's experts (columns of kinds x experts `rates`) are put in one order:
+    grouped by the kind they favour most (rate above their own mean over kinds), in the rows' order, the most
+    favouring first."""
+    import numpy as np
+
+    values = np.asarray(rates, dtype=float)
+    excess = values - values.mean(axis=0, keepdims=True)  # (kinds, experts)
+    favoured, margin = excess.argmax(axis=0), excess.max(axis=0)
+    order = sorted(range(values.shape[1]), key=lambda e: (favoured[e], -margin[e]))
+    return values[:, order].tolist()
+
+
 def plot_claims(results: list[dict], configs: list[str], output: Path, prefix: str, label: str) -> dict[str, str]:
     """Per configuration, Figure 3 (MoE only), 4 and 5 as the mean over its seeds with the standard deviation under
     each value, and one figure of every pair's gradient cosine during training (mean line, ±1 sd band); `label`
@@ -230,10 +244,11 @@ def plot_claims(results: list[dict], configs: list[str], output: Path, prefix: s
         categories = runs[0]["categories"]
         if all("expert_rates" in run for run in runs):
             kinds = [kind for kind in runs[0]["expert_rates"] if runs[0]["expert_rates"][kind] is not None]
-            mean, std = _mean_and_std([[run["expert_rates"][kind] for kind in kinds] for run in runs])
+            mean, std = _mean_and_std([_by_favoured_kind([run["expert_rates"][kind] for kind in kinds]) for run in runs])
             path = plot_heatmap({k: list(mean[i]) for i, k in enumerate(kinds)}, output / f"{prefix}-{name}-experts.png",
-                                f"Expert activation rate per audio token,\nmean ± sd over {seeds} ({name}, {label})",
-                                spreads={k: list(std[i]) for i, k in enumerate(kinds)})
+                                f"Expert activation rate per audio token, mean ± sd over {seeds}\n({name}, {label}; "
+                                "each seed's experts ordered by the kind they favour)",
+                                spreads={k: list(std[i]) for i, k in enumerate(kinds)}, experts_in_order=True)
             files[f"{name} experts"] = path.name
         for key, title, axes_labels in (
             ("cosine_matrix", "Gradient cosine similarity, eq. 11", {}),
