@@ -40,7 +40,9 @@ class SemanticIdsRule:
         if processor is not None:
             counting = {"window_samples": processor.window_samples,
                         "hop_length": processor.feature_extractor.hop_length}
-        return cls(vocab_size=config.semantic_vocab_size, has_codebook=config.semantic_codebook_layer is not None,
+        # A checkpoint written before the codebook existed carries config code without `semantic_codebook_layer`.
+        codebook_layer = getattr(config, "semantic_codebook_layer", None)
+        return cls(vocab_size=config.semantic_vocab_size, has_codebook=codebook_layer is not None,
                    frame_stacking_factor=config.frame_stacking_factor, **counting)
 
     def expected_ids(self, num_samples: int) -> int:
