@@ -56,3 +56,9 @@ def test_a_released_checkpoint_trains_and_is_analysed(released_checkpoint, corpu
                                  tmp_path / "analysis", "--no_progress")
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     assert (tmp_path / "analysis" / "analysis.json").is_file()
+
+
+def test_the_released_code_is_recognised_as_0_4_0(released_checkpoint):
+    from modeling_moe_audio.checkpoints.code_update import _written_by
+
+    assert _written_by(released_checkpoint) == "written by moe-audio 0.4.0"

@@ -45,6 +45,11 @@ RELEASED_CODE = {
         "modeling_moe_audio.py": "43ef048f79bcd0eee9ee382e14a188811a20edce90800aa4a1d1ac8a663689dc",
         "processing_moe_audio.py": "c2073c6f181946610aeb0f2a5f8394eef0d9c0c6faea514108d976ade98a526a",
     },
+    "0.4.0": {
+        "configuration_moe_audio.py": "651774b5e1f5576a556ea307fdacdc0872e1addec4f67bcea014295484005325",
+        "modeling_moe_audio.py": "03959f3f38d70e2e91d7a10e3b74f36b58df07e348b5003f818b5560e5340fa9",
+        "processing_moe_audio.py": "c3bba5e927a5e8b52ab8eb5d62182e01406df71a312ec954a41a579810e76c85",
+    },
 }
 
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
