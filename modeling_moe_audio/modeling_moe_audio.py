@@ -780,23 +780,24 @@ class SortedExpertsFunction(torch.autograd.Function):
         inverse_order = torch.empty_like(order)  # (S,)
         inverse_order[order] = torch.arange(order.numel(), device=order.device)
         output = pair_outputs.index_select(0, inverse_order).view(num_tokens, top_k, -1).sum(dim=1)  # (tokens, D)
-        return output.to(hidden_states.dtype), (offsets, order, inverse_order, pair_inputs, pre_activation,
+        return output.to(hidden_states.dtype), (offsets, token_of_pair, inverse_order, pair_inputs, pre_activation,
                                                 pair_weights)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         hidden_states, top_k_index, top_k_weights, up_proj, down_proj = inputs
-        offsets, order, inverse_order, pair_inputs, pre_activation, pair_weights = output[1]
-        ctx.save_for_backward(offsets, order, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj,
+        offsets, token_of_pair, inverse_order, pair_inputs, pre_activation, pair_weights = output[1]
+        ctx.save_for_backward(offsets, token_of_pair, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj,
                               down_proj)
         ctx.shape, ctx.dtypes = top_k_index.shape, (hidden_states.dtype, top_k_weights.dtype)
         ctx.mark_non_differentiable(*output[1])
 
     @staticmethod
     def backward(ctx, grad_output, _):
-        offsets, order, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj, down_proj = ctx.saved_tensors
+        offsets, token_of_pair, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj, down_proj = (
+            ctx.saved_tensors)
         (num_tokens, top_k), (hidden_dtype, weights_dtype) = ctx.shape, ctx.dtypes
-        grad_pairs = grad_output.to(down_proj.dtype).index_select(0, order // top_k)  # (S, D), sorted by expert
+        grad_pairs = grad_output.to(down_proj.dtype).index_select(0, token_of_pair)  # (S, D), sorted by expert
         activation = nn.functional.silu(pre_activation)  # (S, h), recomputed rather than kept
         grad_weighted = _grouped_mm(grad_pairs, down_proj, offsets)  # (S, h)
         grad_pair_weights = (grad_weighted * activation).sum(dim=-1)  # (S,)
