@@ -654,8 +654,8 @@ def test_evaluate_model_scores_and_counts_each_mode(tmp_path):
 
 
 def lmms_eval_or_skip(module: str):
-    """lmms-eval's `module`; without lmms-eval the test skips, or fails under MOE_AUDIO_REQUIRE_LMMS_EVAL=1 (as CI's
-    lmms_eval leg sets, after installing it as the README says)."""
+    """lmms-eval's `module`; without lmms-eval the test skips, or fails under MOE_AUDIO_REQUIRE_LMMS_EVAL=1 (as CI's readme
+    leg sets, after installing it as the README says)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
