@@ -13,9 +13,11 @@ wall time is kept in the JSON too. Each thread count runs in a process of its ow
 pool at start), and each peak-memory figure in a fresh process: the growth of the process's peak resident size
 during one call, beyond the weights and inputs already allocated.
 
-Variants: `dense`, each expert kernel of the model (`grouped_mm`, the default; `eager`), `reference_loop`, a
-plain per-expert loop with `index_add_` written here as the yardstick a kernel must beat, and `grouped_mm_0.4.0`,
-the default kernel of 0.4.0 (before `SortedExpertsFunction`), for the before/after of the same run.
+Variants: `dense`, each expert kernel of the model (`grouped_mm`, the default, which on the CPU runs one expert at a
+time; `eager`), `all_experts_at_once`, the default kernel's schedule for accelerators and torch.compile (grouped
+matmuls over all pairs) run here on the CPU, `reference_loop`, a plain per-expert loop with `index_add_` written
+here as the yardstick a kernel must beat, and `grouped_mm_0.4.0`, the default kernel of 0.4.0 (before
+`SortedExpertsFunction`), for the before/after of the same run.
 """
 
 import argparse
@@ -34,7 +36,7 @@ TOKENS = (256, 1024, 3000)
 DTYPES = ("float32", "bfloat16")
 THREADS = (1, 2)
 PASSES = ("forward", "forward+backward")
-KERNELS = ("grouped_mm", "eager", "reference_loop", "grouped_mm_0.4.0")
+KERNELS = ("grouped_mm", "all_experts_at_once", "eager", "reference_loop", "grouped_mm_0.4.0")
 
 
 def reference_loop(experts, hidden_states, top_k_index, top_k_weights):
@@ -49,6 +51,16 @@ def reference_loop(experts, hidden_states, top_k_index, top_k_weights):
         hidden = experts.act_fn(torch.nn.functional.linear(hidden_states[token_index], experts.up_proj[expert]))
         expert_output = torch.nn.functional.linear(hidden, experts.down_proj[expert])
         output.index_add_(0, token_index, expert_output * top_k_weights[token_index, slot, None].to(output.dtype))
+    return output
+
+
+def all_experts_at_once(experts, hidden_states, top_k_index, top_k_weights):
+    """The default kernel with the schedule it takes on accelerators and under torch.compile: grouped matmuls over
+    all (token, expert) pairs at once."""
+    from modeling_moe_audio.modeling_moe_audio import SortedExpertsFunction
+
+    output, _ = SortedExpertsFunction.apply(hidden_states, top_k_index, top_k_weights, experts.up_proj,
+                                            experts.down_proj, False)
     return output
 
 
@@ -81,6 +93,7 @@ def build(dtype_name: str, tokens: int, seed: int = 0):
     from modeling_moe_audio.presets import load_config
 
     RectangularExpertsInterface.register("reference_loop", reference_loop)
+    RectangularExpertsInterface.register("all_experts_at_once", all_experts_at_once)
     RectangularExpertsInterface.register("grouped_mm_0.4.0", grouped_mm_0_4_0)
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(seed)

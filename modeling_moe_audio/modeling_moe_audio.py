@@ -757,65 +757,111 @@ def _grouped_mm_per_expert(left: torch.Tensor, right: torch.Tensor, offsets: tor
     return grouped_mm(left, right, offs=offsets)
 
 
+def _expert_slices(offsets: torch.Tensor):
+    """(expert, slice of the sorted pairs) for every expert, in expert order; an expert without pairs gets an empty
+    slice, on which the matmuls below give empty outputs and zero weight gradients."""
+    ends = offsets.tolist()
+    return [(expert, slice(start, end)) for expert, (start, end) in enumerate(zip([0, *ends[:-1]], ends))]
+
+
+def _weighted_silu_backward(grad_weighted, pre_activation, pair_weights):
+    """Backward of `silu(pre_activation) * pair_weights` (rows are pairs): the gradients of the pre-activation and
+    of the pair weights, and the activation itself, recomputed rather than kept from the forward."""
+    activation = nn.functional.silu(pre_activation)  # (n, h)
+    sigmoid = torch.sigmoid(pre_activation)  # (n, h)
+    grad_pre = grad_weighted * pair_weights.unsqueeze(-1) * sigmoid * (1 + pre_activation * (1 - sigmoid))  # (n, h)
+    return grad_pre, activation, (grad_weighted * activation).sum(dim=-1)  # (n, h), (n, h), (n,)
+
+
 class SortedExpertsFunction(torch.autograd.Function):
     """The routed experts over (token, expert) pairs sorted by expert, with a backward that materialises only what it
-    needs: one gather of the token rows forward, the routing weights applied to the h-wide hidden (not the D-wide
-    output), one gather of the output gradient backward, and the weight gradients as grouped matmuls over the
-    pairs. Sums over a token's k pairs run in slot order (a fixed reshape-and-sum, no scatter-add), so results and
-    gradients are bit-identical from run to run on every device."""
+    needs: the routing weights applied to the h-wide hidden (not the D-wide output), the token rows gathered again
+    in the backward rather than kept k times over, and the weight gradients written straight in the parameters'
+    layout. Two schedules of the same arithmetic, both with a fixed order of every sum (no atomic scatter-add), so
+    results and gradients are bit-identical from run to run:
+
+    - all experts at once (accelerators, torch.compile): grouped matmuls over all pairs, each token's k outputs
+      summed in slot order by a fixed reshape-and-sum;
+    - one expert at a time (`one_expert_at_a_time`, eager on the CPU): each expert's matmuls on its slice of the
+      pairs, added into the token rows with `index_add_`, which runs serially over the pairs on the CPU. Every
+      buffer is then one expert's slice: on the CPU a fresh buffer of tokens x k rows is what costs (over 32 MB the
+      allocator maps new pages on every call, and touching them took as long as the gathers themselves).
+    """
 
     @staticmethod
-    def forward(hidden_states, top_k_index, top_k_weights, up_proj, down_proj):
+    def forward(hidden_states, top_k_index, top_k_weights, up_proj, down_proj, one_expert_at_a_time):
         num_tokens, top_k = top_k_index.shape
         expert_of_pair, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (S,), (S,)
         # End of each expert's slice: a search in the sorted ids keeps the shape static (bincount would break graphs).
         experts = torch.arange(up_proj.shape[0], device=expert_of_pair.device)
         offsets = torch.searchsorted(expert_of_pair, experts, right=True).to(torch.int32)  # (E,)
         token_of_pair = order // top_k  # (S,): pair (token t, slot j) is t * k + j before sorting
-        pair_inputs = hidden_states.index_select(0, token_of_pair).to(up_proj.dtype)  # (S, d)
-        pre_activation = _grouped_mm(pair_inputs, up_proj.transpose(1, 2), offsets)  # (S, h)
         pair_weights = top_k_weights.reshape(-1)[order].to(up_proj.dtype)  # (S,)
-        weighted_hidden = nn.functional.silu(pre_activation) * pair_weights.unsqueeze(-1)  # (S, h)
-        pair_outputs = _grouped_mm(weighted_hidden, down_proj.transpose(1, 2), offsets)  # (S, D)
         inverse_order = torch.empty_like(order)  # (S,)
         inverse_order[order] = torch.arange(order.numel(), device=order.device)
-        output = pair_outputs.index_select(0, inverse_order).view(num_tokens, top_k, -1).sum(dim=1)  # (tokens, D)
-        return output.to(hidden_states.dtype), (offsets, token_of_pair, inverse_order, pair_inputs, pre_activation,
-                                                pair_weights)
+        if one_expert_at_a_time:
+            output = hidden_states.new_zeros(num_tokens, down_proj.shape[1], dtype=up_proj.dtype)  # (tokens, D)
+            pre_activation = hidden_states.new_empty(order.numel(), up_proj.shape[1], dtype=up_proj.dtype)  # (S, h)
+            for expert, pairs in _expert_slices(offsets):
+                tokens = token_of_pair[pairs]  # (n,)
+                torch.mm(hidden_states[tokens].to(up_proj.dtype), up_proj[expert].t(), out=pre_activation[pairs])
+                weighted_hidden = nn.functional.silu(pre_activation[pairs]) * pair_weights[pairs, None]  # (n, h)
+                output.index_add_(0, tokens, weighted_hidden @ down_proj[expert].t())  # (n, D) into (tokens, D)
+        else:
+            pair_inputs = hidden_states[token_of_pair].to(up_proj.dtype)  # (S, d)
+            pre_activation = _grouped_mm(pair_inputs, up_proj.transpose(1, 2), offsets)  # (S, h)
+            weighted_hidden = nn.functional.silu(pre_activation) * pair_weights.unsqueeze(-1)  # (S, h)
+            pair_outputs = _grouped_mm(weighted_hidden, down_proj.transpose(1, 2), offsets)  # (S, D)
+            output = pair_outputs[inverse_order].view(num_tokens, top_k, -1).sum(dim=1)  # (tokens, D)
+        return output.to(hidden_states.dtype), (offsets, token_of_pair, inverse_order, pre_activation, pair_weights)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        hidden_states, top_k_index, top_k_weights, up_proj, down_proj = inputs
-        offsets, token_of_pair, inverse_order, pair_inputs, pre_activation, pair_weights = output[1]
-        ctx.save_for_backward(offsets, token_of_pair, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj,
-                              down_proj)
-        ctx.shape, ctx.dtypes = top_k_index.shape, (hidden_states.dtype, top_k_weights.dtype)
+        hidden_states, top_k_index, top_k_weights, up_proj, down_proj, one_expert_at_a_time = inputs
+        ctx.save_for_backward(hidden_states, *output[1], up_proj, down_proj)
+        ctx.shape, ctx.weights_dtype = top_k_index.shape, top_k_weights.dtype
+        ctx.one_expert_at_a_time = one_expert_at_a_time
         ctx.mark_non_differentiable(*output[1])
 
     @staticmethod
     def backward(ctx, grad_output, _):
-        offsets, token_of_pair, inverse_order, pair_inputs, pre_activation, pair_weights, up_proj, down_proj = (
+        hidden_states, offsets, token_of_pair, inverse_order, pre_activation, pair_weights, up_proj, down_proj = (
             ctx.saved_tensors)
-        (num_tokens, top_k), (hidden_dtype, weights_dtype) = ctx.shape, ctx.dtypes
-        grad_pairs = grad_output.to(down_proj.dtype).index_select(0, token_of_pair)  # (S, D), sorted by expert
-        activation = nn.functional.silu(pre_activation)  # (S, h), recomputed rather than kept
-        grad_weighted = _grouped_mm(grad_pairs, down_proj, offsets)  # (S, h)
-        grad_pair_weights = (grad_weighted * activation).sum(dim=-1)  # (S,)
-        sigmoid = torch.sigmoid(pre_activation)
-        grad_pre = grad_weighted * pair_weights.unsqueeze(-1) * sigmoid * (1 + pre_activation * (1 - sigmoid))  # (S, h)
-        grad_pair_inputs = _grouped_mm(grad_pre, up_proj, offsets)  # (S, d)
-        grad_hidden = grad_pair_inputs.index_select(0, inverse_order).view(num_tokens, top_k, -1).sum(dim=1)  # (T, d)
-        grad_weights = grad_pair_weights.index_select(0, inverse_order).view(num_tokens, top_k)  # (tokens, k)
-        grad_up = _grouped_mm_per_expert(grad_pre.t(), pair_inputs, offsets)  # (E, h, d)
-        grad_down = _grouped_mm_per_expert(grad_pairs.t(), activation * pair_weights.unsqueeze(-1), offsets)  # (E, D, h)
-        return grad_hidden.to(hidden_dtype), None, grad_weights.to(weights_dtype), grad_up, grad_down
+        num_tokens, top_k = ctx.shape
+        grad_output = grad_output.to(down_proj.dtype)  # (tokens, D)
+        if ctx.one_expert_at_a_time:
+            grad_hidden = grad_output.new_zeros(num_tokens, up_proj.shape[2])  # (tokens, d)
+            grad_pair_weights = grad_output.new_empty(token_of_pair.numel())  # (S,)
+            grad_up, grad_down = torch.empty_like(up_proj), torch.empty_like(down_proj)  # (E, h, d), (E, D, h)
+            for expert, pairs in _expert_slices(offsets):
+                tokens = token_of_pair[pairs]  # (n,)
+                grad_pairs = grad_output[tokens]  # (n, D)
+                grad_pre, activation, grad_pair_weights[pairs] = _weighted_silu_backward(
+                    grad_pairs @ down_proj[expert], pre_activation[pairs], pair_weights[pairs])
+                grad_hidden.index_add_(0, tokens, grad_pre @ up_proj[expert])  # (n, d) into (tokens, d)
+                torch.mm(grad_pre.t(), hidden_states[tokens].to(up_proj.dtype), out=grad_up[expert])  # (h, d)
+                torch.mm(grad_pairs.t(), activation * pair_weights[pairs, None], out=grad_down[expert])  # (D, h)
+        else:
+            grad_pairs = grad_output[token_of_pair]  # (S, D), sorted by expert
+            grad_pre, activation, grad_pair_weights = _weighted_silu_backward(
+                _grouped_mm(grad_pairs, down_proj, offsets), pre_activation, pair_weights)  # (S, h), (S, h), (S,)
+            grad_pair_inputs = _grouped_mm(grad_pre, up_proj, offsets)  # (S, d)
+            grad_hidden = grad_pair_inputs[inverse_order].view(num_tokens, top_k, -1).sum(dim=1)  # (tokens, d)
+            pair_inputs = hidden_states[token_of_pair].to(up_proj.dtype)  # (S, d)
+            grad_up = _grouped_mm_per_expert(grad_pre.t(), pair_inputs, offsets)  # (E, h, d)
+            grad_down = _grouped_mm_per_expert(grad_pairs.t(), activation * pair_weights[:, None], offsets)  # (E, D, h)
+        grad_weights = grad_pair_weights[inverse_order].view(num_tokens, top_k)  # (tokens, k)
+        return (grad_hidden.to(hidden_states.dtype), None, grad_weights.to(ctx.weights_dtype), grad_up, grad_down,
+                None)
 
 
 def grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
     """Sort the (token, expert) pairs by expert and run each expert once on its contiguous slice
-    (`SortedExpertsFunction`)."""
+    (`SortedExpertsFunction`): all experts at once with grouped matmuls on accelerators and under torch.compile, one
+    expert at a time in eager mode on the CPU."""
+    one_expert_at_a_time = hidden_states.device.type == "cpu" and not is_torchdynamo_compiling()
     output, _ = SortedExpertsFunction.apply(hidden_states, top_k_index, top_k_weights, experts.up_proj,
-                                            experts.down_proj)
+                                            experts.down_proj, one_expert_at_a_time)
     return output  # (tokens, D)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_moe_audio.modeling_moe_audio import MoEAdapter, load_balancing_loss_func
+from modeling_moe_audio.modeling_moe_audio import MoEAdapter, SortedExpertsFunction, load_balancing_loss_func
 
 from helpers import make_audio_batch, make_input_ids, tiny_config, tiny_model, tokens_for
 
@@ -214,6 +214,43 @@ def test_expert_kernels_give_bit_identical_gradients_on_repeated_backward_passes
         torch.set_num_threads(threads)
     for first, second in zip(*runs):
         assert torch.equal(first.view(torch.int32), second.view(torch.int32))
+
+
+@pytest.mark.parametrize("one_expert_at_a_time", [True, False], ids=["one-expert-at-a-time", "all-experts-at-once"])
+def test_both_schedules_of_the_default_kernel_match_float64_autograd_and_repeat_bit_for_bit(one_expert_at_a_time):
+    """`grouped_mm` runs one expert at a time in eager mode on the CPU, and all experts at once (grouped matmuls) on
+    accelerators and under torch.compile: each schedule, forced here on the CPU, against plain autograd over the
+    eager kernel in float64; an expert that gets no token gets zero gradients; a float32 rerun repeats to the bit."""
+    model = tiny_model()
+    experts = model.model.adapter.experts
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(41, model.config.audio_hidden_size, generator=generator, dtype=torch.float64)
+    logits = torch.randn(41, model.config.num_experts, generator=generator, dtype=torch.float64)
+    logits[:, 2] = -1e4  # expert 2 gets no token
+    weights, index = torch.softmax(logits, -1).topk(model.config.num_experts_per_tok)
+    upstream = torch.randn(41, experts.down_proj.shape[1], generator=generator, dtype=torch.float64)
+
+    def outputs_and_gradients(dtype, kernel):
+        experts.to(dtype).zero_grad(set_to_none=True)
+        inputs, gates = x.to(dtype, copy=True).requires_grad_(), weights.to(dtype, copy=True).requires_grad_()
+        output = kernel(inputs, gates)
+        (output * upstream.to(dtype)).sum().backward()
+        return [output.detach(), inputs.grad, gates.grad, experts.up_proj.grad, experts.down_proj.grad]
+
+    def scheduled(inputs, gates):
+        return SortedExpertsFunction.apply(inputs, index, gates, experts.up_proj, experts.down_proj,
+                                           one_expert_at_a_time)[0]
+
+    model.set_experts_implementation("eager")
+    expected = outputs_and_gradients(torch.float64, lambda inputs, gates: experts(inputs, index, gates))
+    for name, got, want in zip(["output", "input", "weights", "up_proj", "down_proj"],
+                               outputs_and_gradients(torch.float64, scheduled), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+    assert experts.up_proj.grad[2].eq(0).all() and experts.down_proj.grad[2].eq(0).all()
+    first, second = (outputs_and_gradients(torch.float32, scheduled) for _ in range(2))
+    for name, got, want in zip(["output", "input", "weights", "up_proj", "down_proj"], second, first):
+        assert got is not None and torch.equal(got.view(torch.int32), want.view(torch.int32)), name
+    torch.testing.assert_close(first[0].double(), expected[0], rtol=1e-5, atol=1e-5)
 
 
 def test_eager_experts_equal_grouped_mm_and_batched_mm_with_rectangular_experts():
