@@ -800,13 +800,15 @@ class SortedExpertsFunction(torch.autograd.Function):
         inverse_order = torch.empty_like(order)  # (S,)
         inverse_order[order] = torch.arange(order.numel(), device=order.device)
         if one_expert_at_a_time:
-            output = hidden_states.new_zeros(num_tokens, down_proj.shape[1], dtype=up_proj.dtype)  # (tokens, D)
+            # Summed in float32 at least: index_add_ rounds after every addition, a reshape-and-sum once per token.
+            sum_dtype = torch.promote_types(up_proj.dtype, torch.float32)
+            output = hidden_states.new_zeros(num_tokens, down_proj.shape[1], dtype=sum_dtype)  # (tokens, D)
             pre_activation = hidden_states.new_empty(order.numel(), up_proj.shape[1], dtype=up_proj.dtype)  # (S, h)
             for expert, pairs in _expert_slices(offsets):
                 tokens = token_of_pair[pairs]  # (n,)
                 torch.mm(hidden_states[tokens].to(up_proj.dtype), up_proj[expert].t(), out=pre_activation[pairs])
                 weighted_hidden = nn.functional.silu(pre_activation[pairs]) * pair_weights[pairs, None]  # (n, h)
-                output.index_add_(0, tokens, weighted_hidden @ down_proj[expert].t())  # (n, D) into (tokens, D)
+                output.index_add_(0, tokens, (weighted_hidden @ down_proj[expert].t()).to(sum_dtype))  # (n, D)
         else:
             pair_inputs = hidden_states[token_of_pair].to(up_proj.dtype)  # (S, d)
             pre_activation = _grouped_mm(pair_inputs, up_proj.transpose(1, 2), offsets)  # (S, h)
@@ -830,7 +832,8 @@ class SortedExpertsFunction(torch.autograd.Function):
         num_tokens, top_k = ctx.shape
         grad_output = grad_output.to(down_proj.dtype)  # (tokens, D)
         if ctx.one_expert_at_a_time:
-            grad_hidden = grad_output.new_zeros(num_tokens, up_proj.shape[2])  # (tokens, d)
+            sum_dtype = torch.promote_types(up_proj.dtype, torch.float32)  # as in the forward
+            grad_hidden = grad_output.new_zeros(num_tokens, up_proj.shape[2], dtype=sum_dtype)  # (tokens, d)
             grad_pair_weights = grad_output.new_empty(token_of_pair.numel())  # (S,)
             grad_up, grad_down = torch.empty_like(up_proj), torch.empty_like(down_proj)  # (E, h, d), (E, D, h)
             for expert, pairs in _expert_slices(offsets):
@@ -838,7 +841,7 @@ class SortedExpertsFunction(torch.autograd.Function):
                 grad_pairs = grad_output[tokens]  # (n, D)
                 grad_pre, activation, grad_pair_weights[pairs] = _weighted_silu_backward(
                     grad_pairs @ down_proj[expert], pre_activation[pairs], pair_weights[pairs])
-                grad_hidden.index_add_(0, tokens, grad_pre @ up_proj[expert])  # (n, d) into (tokens, d)
+                grad_hidden.index_add_(0, tokens, (grad_pre @ up_proj[expert]).to(sum_dtype))  # (n, d)
                 torch.mm(grad_pre.t(), hidden_states[tokens].to(up_proj.dtype), out=grad_up[expert])  # (h, d)
                 torch.mm(grad_pairs.t(), activation * pair_weights[pairs, None], out=grad_down[expert])  # (D, h)
         else:
