@@ -43,7 +43,8 @@ WHISPER_LARGE_V3 = {
 
 
 def num_audio_tokens(num_mel_frames, frame_stacking_factor: int):
-    """Audio embeddings the model produces for one 30 s window holding `num_mel_frames` real mel frames.
+    """Audio embeddings the model produces for one Whisper window (30 s, or shorter) holding `num_mel_frames` real
+    mel frames.
 
     Whisper's second convolution halves the frame rate (kernel 3, stride 2, padding 1), then
     `frame_stacking_factor` consecutive encoder frames become one embedding; a last, partial group
@@ -163,7 +164,7 @@ class MoEAudioConfig(PreTrainedConfig):
 
     @property
     def audio_tokens_per_window(self) -> int:
-        """Audio embeddings of one full 30 s Whisper window (375 at 12.5 Hz)."""
+        """Audio embeddings of one full Whisper window (375 at 12.5 Hz for a 30 s one)."""
         return self.audio_config.max_source_positions // self.frame_stacking_factor
 
     def validate_architecture(self):
@@ -216,7 +217,7 @@ class MoEAudioConfig(PreTrainedConfig):
         if encoder_frames % self.frame_stacking_factor:
             raise ValueError(
                 f"frame_stacking_factor={self.frame_stacking_factor} does not divide the encoder's "
-                f"{encoder_frames} frames per 30 s window, so stacked frames would straddle windows; "
+                f"{encoder_frames} frames per window, so stacked frames would straddle windows; "
                 "use a divisor of it (4 gives the paper's 12.5 Hz)."
             )
         vocab_size = self.text_config.vocab_size

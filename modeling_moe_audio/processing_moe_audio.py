@@ -275,7 +275,8 @@ class MoEAudioProcessor(ProcessorMixin):
             if seconds > self.max_audio_seconds:
                 raise ValueError(
                     f"Audio {index} lasts {seconds:.1f} s, longer than max_audio_seconds={self.max_audio_seconds}; "
-                    "cut it, or raise max_audio_seconds (the model encodes it in 30 s windows)."
+                    "cut it, or raise max_audio_seconds (the model encodes it in "
+                    f"{self.feature_extractor.chunk_length} s windows)."
                 )
             prepared.append(clip)
         return prepared

@@ -115,3 +115,58 @@ def test_components_are_loaded_and_the_tokenizer_grows(tmp_path, whisper, tied):
 def test_llm_and_encoder_go_together(tmp_path, capsys):
     stderr = moe_audio_error(capsys, "init", "--llm", "x", "--output_dir", tmp_path / "o")
     assert "--llm and --audio_encoder go together" in stderr
+
+
+def test_shorter_windows_keep_whisper_s_first_positions_and_the_processor_cuts_clips_to_them(tmp_path, whisper):
+    llm = save_llm(tmp_path / "llm", tied=True)
+    output = tmp_path / "model"
+    # The tiny Whisper release has 4 s windows (200 encoder frames); 2 s ones keep its first 100 positions.
+    moe_audio("init", "--llm", llm, "--audio_encoder", whisper, "--config", "tiny", "--window_seconds", 2,
+              "--output_dir", output)
+
+    model = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
+    source = WhisperForConditionalGeneration.from_pretrained(whisper).model.encoder.state_dict()
+    for name, value in model.model.audio_tower.state_dict().items():
+        expected = source[name][:100] if name == "embed_positions.weight" else source[name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+    assert model.config.audio_config.max_source_positions == 100
+    assert model.config.audio_tokens_per_window == 25
+    assert (processor.feature_extractor.chunk_length, processor.feature_extractor.n_samples) == (2, 32000)
+
+    # A 3 s clip: two 2 s windows, the second holding 1 s (100 mel frames, 50 encoder frames: 13 tokens).
+    audio = (torch.randn(48000, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()
+    inputs = processor(text=f"what is this ? {processor.audio_token}", audio=[audio], sampling_rate=16000)
+    assert tuple(inputs["input_features"].shape) == (2, 80, 200)
+    assert inputs["input_features_mask"].sum(-1).tolist() == [200, 100]
+    assert (inputs["input_ids"] == model.config.audio_token_id).sum() == 25 + 13
+    with torch.no_grad():
+        output_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert output_ids.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_a_random_model_takes_a_shorter_window_too(tmp_path):
+    output = tmp_path / "model"
+    moe_audio("init", "--config", "tiny", "--window_seconds", 6, "--output_dir", output)
+    model = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
+    assert model.config.audio_config.max_source_positions == 300
+    assert model.model.audio_tower.embed_positions.weight.shape[0] == 300
+    assert processor.feature_extractor.n_samples == 6 * 16000
+    inputs = processor(text=processor.audio_token, audio=[torch.zeros(16000 * 7).numpy()], sampling_rate=16000)
+    assert tuple(inputs["input_features"].shape) == (2, 80, 600)  # 7 s: a full 6 s window and 1 s
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("seconds, problem", [
+    (3, "choose one of 2, 4"),  # 150 encoder frames do not stack by 4
+    (6, "at most the encoder's 4 s"),
+    (0, "choose one of 2, 4"),
+])
+def test_a_window_that_cannot_be_used_is_refused_with_the_valid_choices(tmp_path, whisper, capsys, seconds, problem):
+    llm = save_llm(tmp_path / "llm", tied=True)
+    stderr = moe_audio_error(capsys, "init", "--llm", llm, "--audio_encoder", whisper, "--config", "tiny",
+                             "--window_seconds", seconds, "--output_dir", tmp_path / "model")
+    assert f"window_seconds={seconds}" in stderr and problem in stderr
+    assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())

@@ -23,6 +23,11 @@ def build_parser():
     parser.add_argument("--semantic_vocab_size", type=int,
                         help="add the second (semantic) stream: the codebook size of the semantic tokenizer whose ids "
                         "the data carries (e.g. 16384 for GLM-4-Voice's); default: as the config says (0: none)")
+    parser.add_argument("--window_seconds", type=int,
+                        help="encode audio in Whisper windows this many seconds long instead of 30 s: a clip is padded "
+                        "to a full window, so short clips cost far less (e.g. 4 or 6 for clips of a few seconds; "
+                        "longer clips span several windows); an input a pretrained Whisper never saw in training, "
+                        "see benchmarks/RESULTS.md for speed and accuracy")
     add_seed(parser, "the random initialisation")
     add_no_progress(parser)
     return parser
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(run(create_checkpoint, args.output_dir, config=args.config, llm=args.llm, audio_encoder=args.audio_encoder,
               tokenizer=args.tokenizer, overwrite=args.overwrite, seed=args.seed,
-              semantic_vocab_size=args.semantic_vocab_size))
+              semantic_vocab_size=args.semantic_vocab_size, window_seconds=args.window_seconds))
 
 
 if __name__ == "__main__":
