@@ -20,7 +20,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
+from transformers.utils import (
+    ModelOutput,
+    TransformersKwargs,
+    can_return_tuple,
+    is_torchdynamo_compiling,
+    torch_compilable_check,
+)
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_moe_audio import MoEAudioConfig, num_audio_tokens
@@ -566,13 +572,13 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
             placeholder_mask = (inputs_embeds == audio_token_embed).all(-1)
         else:
             placeholder_mask = input_ids == self.config.audio_token_id
-        num_placeholders = int(placeholder_mask.sum())
-        if num_placeholders != num_audio_embeds:
-            raise ValueError(
-                f"The text holds {num_placeholders} audio placeholder tokens but the audio gives {num_audio_embeds} "
-                "embeddings; build the inputs with this model's MoEAudioProcessor, which expands each audio placeholder "
-                "to the right count (a processor with another frame_stacking_factor gives other counts)."
-            )
+        # transformers' own check, as its audio models use it: traced or compiled, it stays a torch._check.
+        torch_compilable_check(
+            placeholder_mask.sum() == num_audio_embeds,
+            lambda: f"The text holds {int(placeholder_mask.sum())} audio placeholder tokens but the audio gives "
+            f"{num_audio_embeds} embeddings; build the inputs with this model's MoEAudioProcessor, which expands each "
+            "audio placeholder to the right count (a processor with another frame_stacking_factor gives other counts).",
+        )
         return placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
     @can_return_tuple
