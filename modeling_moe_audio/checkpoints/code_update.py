@@ -50,6 +50,11 @@ RELEASED_CODE = {
         "modeling_moe_audio.py": "03959f3f38d70e2e91d7a10e3b74f36b58df07e348b5003f818b5560e5340fa9",
         "processing_moe_audio.py": "c3bba5e927a5e8b52ab8eb5d62182e01406df71a312ec954a41a579810e76c85",
     },
+    "0.5.0": {
+        "configuration_moe_audio.py": "a47031d95c348a2cf46c342931323b69c5423a79e10b105be02033e16668013f",
+        "modeling_moe_audio.py": "dfa70d1e379662dd36feff3dc6bccc2fc009336649d71225a087070e86d9dbe0",
+        "processing_moe_audio.py": "8113c187894b52eb1fc586ff75ed86352d6534b93f9d8bc1076e4f749ad5a545",
+    },
 }
 
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
