@@ -356,13 +356,16 @@ def test_what_is_not_a_moe_audio_checkpoint_is_refused(old_checkpoint, tmp_path,
     assert (old_checkpoint / "modeling_moe_audio.py").read_bytes() == (OLD_CODE / "modeling_moe_audio.py").read_bytes()
 
 
-def test_the_hashes_of_0_2_0_are_those_of_its_code():
-    """0.2.0 (the last commit before the library layout) is told apart like 0.1.0: by the hashes of its files."""
-    released = subprocess.run(["git", "-C", str(PACKAGE.parent), "cat-file", "-e", "79a647d"], capture_output=True)
+@pytest.mark.parametrize("version, commit", [("0.2.0", "79a647d"), ("0.5.0", "6184701")])
+def test_the_hashes_of_a_release_are_those_of_its_code(version, commit):
+    """Releases are told apart by the hashes of their files (0.2.0: the last commit before the library layout;
+    0.5.0: the commit that landed it)."""
+    released = subprocess.run(["git", "-C", str(PACKAGE.parent), "cat-file", "-e", commit], capture_output=True)
     if released.returncode:
-        pytest.skip("not a git checkout with 0.2.0's commit")
-    for name, digest in RELEASED_CODE["0.2.0"].items():
-        code = subprocess.run(["git", "-C", str(PACKAGE.parent), "show", f"79a647d:modeling_moe_audio/{name}"],
+        pytest.skip(f"not a git checkout with {version}'s commit")
+    for name, digest in RELEASED_CODE[version].items():
+        code = subprocess.run(["git", "-C", str(PACKAGE.parent), "show", f"{commit}:modeling_moe_audio/{name}"],
                               capture_output=True, check=True).stdout
         assert hashlib.sha256(code).hexdigest() == digest
-    assert RELEASED_CODE["0.2.0"] != RELEASED_CODE["0.1.0"]
+    others = [hashes for other, hashes in RELEASED_CODE.items() if other != version]
+    assert RELEASED_CODE[version] not in others
