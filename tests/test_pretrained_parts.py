@@ -169,4 +169,5 @@ def test_a_window_that_cannot_be_used_is_refused_with_the_valid_choices(tmp_path
     stderr = moe_audio_error(capsys, "init", "--llm", llm, "--audio_encoder", whisper, "--config", "tiny",
                              "--window_seconds", seconds, "--output_dir", tmp_path / "model")
     assert f"window_seconds={seconds}" in stderr and problem in stderr
+    assert "loading the language model" not in stderr  # refused before any weights are loaded
     assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())

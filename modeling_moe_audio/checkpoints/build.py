@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 # Through the package, which registers the classes: save_pretrained then copies the code files.
 from .. import MoEAudioConfig, MoEAudioForCausalLM, MoEAudioProcessor
@@ -109,6 +109,9 @@ def init_from_pretrained(
     """
     output = Path(output)
     check_output_dir(output, overwrite)
+    if window_seconds is not None:  # refuse a window that cannot be used before loading gigabytes of weights
+        audio_config = WhisperConfig.from_pretrained(audio_encoder).to_dict()
+        set_audio_window(MoEAudioConfig.from_dict({**config.to_dict(), "audio_config": audio_config}), window_seconds)
     announce(f"loading the language model {llm}")
     language_model = AutoModelForCausalLM.from_pretrained(llm)
     announce(f"loading the Whisper encoder of {audio_encoder}")
