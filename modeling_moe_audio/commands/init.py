@@ -26,8 +26,8 @@ def build_parser():
     parser.add_argument("--window_seconds", type=int,
                         help="encode audio in Whisper windows this many seconds long instead of 30 s: a clip is padded "
                         "to a full window, so short clips cost far less (e.g. 4 or 6 for clips of a few seconds; "
-                        "longer clips span several windows); an input a pretrained Whisper never saw in training, "
-                        "see benchmarks/RESULTS.md for speed and accuracy")
+                        "longer clips span several windows); an input a pretrained Whisper never saw in training: "
+                        "see the README's 'Short clips' for what it saves and costs")
     add_seed(parser, "the random initialisation")
     add_no_progress(parser)
     return parser
