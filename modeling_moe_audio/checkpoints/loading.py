@@ -2,25 +2,16 @@
 user can make named at once: a mistyped folder (not 30 Hub retries), a corrupt file (by its name), a processor
 that does not match the model."""
 
-import difflib
 import json
 import os
 from pathlib import Path
 
+from ..local_paths import looks_like_a_local_path, missing_path_error
 from .files import is_safetensors_file
 
 
 JSON_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json",
               "tokenizer.json", "special_tokens_map.json", "generation_config.json", "model.safetensors.index.json")
-
-
-def looks_like_a_local_path(source: str | os.PathLike) -> bool:
-    """A Hub id is `name` or `org/name`; anything with more parts, a leading `.`, `/` or `~`, or an OS separator
-    other than `/` is a path on this machine, and so is `org/name` when a folder `org` is here (`runs/tiny-moe`:
-    a mistyped folder, which would otherwise cost minutes of Hub retries before failing)."""
-    text = os.fspath(source)
-    return (text.startswith((".", "/", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
-            or Path(text).exists() or ("/" in text and Path(text.split("/")[0]).is_dir()))
 
 
 def check_checkpoint_folder(folder: Path) -> None:
@@ -45,17 +36,6 @@ def check_checkpoint_folder(folder: Path) -> None:
         if not is_safetensors_file(path):
             raise ValueError(f"{path} is corrupt or cut short: not a complete safetensors file. Restore it from where "
                              "you got the checkpoint.")
-
-
-def missing_path_error(path: Path, what: str) -> FileNotFoundError:
-    """The error for a local path that does not exist, naming the closest existing name beside it."""
-    names = [entry.name for entry in path.parent.iterdir()] if path.parent.is_dir() else []
-    near = difflib.get_close_matches(path.name, names, n=1)
-    return FileNotFoundError(
-        f"{what} {path} does not exist"
-        + (f"; did you mean {path.parent / near[0]}?" if near else ".")
-        + " (A Hub repository is written `org/name`, from a folder without a subfolder `org`.)"
-    )
 
 
 def resolve_source(source: str | os.PathLike) -> str:

@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 import torch
 
-from ..checkpoints.loading import looks_like_a_local_path, missing_path_error
+from ..local_paths import looks_like_a_local_path, missing_path_error
 from .audio import BadRowError
 from .manifest import ROW_KEYS, ManifestReport, bad_row_error, checked_row, load_manifest
 from .semantic_ids import SEMANTIC_IDS, SemanticIdsRule, check_all_or_none
