@@ -536,8 +536,10 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
         ):
             shape = tuple(input_features_mask.shape) if isinstance(input_features_mask, torch.Tensor) else None
             # transformers' pipelines batch rows by keeping the first window of each row's input_features.
-            hint = (" With a pipeline, batch_size > 1 takes clips of one window at most (30 s for Whisper): pass longer "
-                    "clips with batch_size=1." if shape is not None and shape[0] > input_features.shape[0] else "")
+            window_seconds = expected[1] // 100  # 100 mel frames per second
+            batched_by_a_pipeline = shape is not None and shape[0] > input_features.shape[0]
+            hint = (f" With a pipeline, batch_size > 1 takes clips of one window at most ({window_seconds} s for this "
+                    "model): pass longer clips with batch_size=1." if batched_by_a_pipeline else "")
             raise ValueError(f"input_features_mask has shape {shape}; it must be (windows, {expected[1]}), one row "
                              f"per window of input_features ({input_features.shape[0]}).{hint}")
 
