@@ -1,7 +1,7 @@
 """Where a training step's time goes (Whisper encoder, frontend, adapter, LLM), MoE against dense, and what shorter
 Whisper windows save.
 
-    python benchmarks/model_time.py --json benchmarks/results-model-time.json     # about 15 minutes on 2 cores
+    python benchmarks/model_time.py --json results.json     # about 10 minutes on 2 cores
 
 Part 1, the step: one training step (forward with labels, backward, AdamW step; every part trained, as stage `full`)
 of MoEAudioForCausalLM with random weights, for clips of 1, 5 and 30 s, each clip with a 16-token question and a

@@ -20,7 +20,6 @@ MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_grouped_mm", "aten::g
 
 
 def profile(adapter, features, output_grad, calls: int):
-    import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     def call():

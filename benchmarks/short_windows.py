@@ -1,6 +1,6 @@
 """Short Whisper windows on the demo corpus: accuracy and training time of the same MoE model with 30 s and 4 s windows.
 
-    python benchmarks/short_windows.py --output runs/short-windows            # about 25 minutes on 2 cores
+    python benchmarks/short_windows.py --output runs/short-windows            # about 35 minutes on 2 cores
     python benchmarks/short_windows.py --output runs/short-windows --windows 30 4 2
 
 The demo's corpus (seed 0, the full budget: 2400 training examples, 12 epochs) and its tiny MoE model, initialised
