@@ -413,15 +413,16 @@ class MoEAudioModel(MoEAudioPreTrainedModel):
         semantic_audio_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> "MoEAudioFeaturesOutput":
-        """Encode 30 s windows of log-mel features into audio embeddings, one row per real audio token.
+        """Encode Whisper windows of log-mel features (30 s, or the model's shorter window) into audio embeddings, one
+        row per real audio token.
 
         Called as transformers' audio models are (serving engines such as vLLM pass `return_dict` and other
         keyword arguments): `return_dict=False` gives a tuple, other keyword arguments are not used.
 
         Args:
-            input_features: `(num_windows, num_mel_bins, 3000)` log-mel windows (a clip longer than 30 s spans
-                several consecutive windows).
-            input_features_mask: `(num_windows, 3000)`, 1 on real mel frames; padded frames produce no token.
+            input_features: `(num_windows, num_mel_bins, 2 * audio_config.max_source_positions)` log-mel windows
+                (3000 frames for 30 s; a clip longer than a window spans several consecutive windows).
+            input_features_mask: `(num_windows, frames)`, 1 on real mel frames; padded frames produce no token.
             semantic_audio_ids: `(num_windows, audio_tokens_per_window)` discrete semantic tokens aligned with the
                 12.5 Hz audio tokens, for a model with `semantic_vocab_size > 0`; left out, a model with a codebook
                 (`semantic_codebook_layer`) computes them from the same encoder pass.
